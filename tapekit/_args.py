@@ -1,0 +1,239 @@
+"""Turning user arguments into watched float tensors: nests, argnums, names and checks.
+
+Shared by every transform. Validation happens in two phases: ``check_callable`` and
+``normalize_argnums`` when a transform is built, the rest when it is called.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from .errors import describe_received
+
+Nest = Any
+"""A tensor-like leaf, or a dict / list / tuple (nested arbitrarily) of them."""
+
+ArgNums = int | Sequence[int]
+
+_EagerTensor = type(tf.constant(0.0))
+
+
+def fn_name(fn: Callable) -> str:
+    """The readable name of a user function, for messages and generated ``__name__``s."""
+    name = getattr(fn, "__name__", None) or getattr(type(fn), "__name__", "fn")
+    return "lambda" if name == "<lambda>" else name
+
+
+def check_callable(fn: object, transform: str) -> None:
+    """Raise ``TypeError`` when a transform is built over something that is not callable."""
+    if not callable(fn):
+        raise TypeError(
+            f"{transform} needs a callable `fn`, but received {describe_received(fn)}. "
+            f"Pass the function itself, e.g. tapekit.{transform}(f), not f(x)."
+        )
+
+
+def normalize_argnums(argnums: object, transform: str) -> tuple[tuple[int, ...], bool]:
+    """Validate ``argnums`` at build time. Returns ``(argnums as a tuple, was a single int)``."""
+    if isinstance(argnums, int) and not isinstance(argnums, bool):
+        return (argnums,), True
+    if isinstance(argnums, (tuple, list)) and argnums:
+        if all(isinstance(a, int) and not isinstance(a, bool) for a in argnums):
+            return tuple(argnums), False
+    raise TypeError(
+        f"{transform} needs `argnums` to be an int or a non-empty tuple of ints, but received "
+        f"{argnums!r}. Use e.g. argnums=0 or argnums=(0, 1)."
+    )
+
+
+def resolve_argnums(
+    argnums: tuple[int, ...], nargs: int, fn: Callable, transform: str
+) -> list[int]:
+    """Check ``argnums`` against the number of positional arguments of a call; make them >= 0."""
+    out = []
+    for a in argnums:
+        if not -nargs <= a < nargs:
+            valid = f"0..{nargs - 1}" if nargs else "none (the call had no positional arguments)"
+            raise ValueError(
+                f"{transform}: argnums={a} is out of range for a call of `{fn_name(fn)}` with "
+                f"{nargs} positional argument(s); valid argnums are {valid}. Pass the "
+                f"argument positionally, or change argnums."
+            )
+        out.append(a % nargs)
+    return out
+
+
+def param_names(fn: Callable) -> list[str] | None:
+    """Names of ``fn``'s positional parameters, or ``None`` when they cannot be read."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in sig.parameters.values() if p.kind in kinds]
+
+
+def describe_arg(fn: Callable, i: int) -> str:
+    """``argument 0 (`x`)`` for messages."""
+    names = param_names(fn)
+    if names is not None and i < len(names):
+        return f"argument {i} (`{names[i]}`)"
+    return f"argument {i}"
+
+
+Where = str | Callable[[], str]
+"""A description of an argument for messages, or a function making it (called only on error)."""
+
+
+def _where_text(where: Where, path: str) -> str:
+    return (where() if callable(where) else where) + path
+
+
+def _leaf_to_tensor(x: Any, where: Where, path: str, transform: str) -> tuple[Any, Any]:
+    """Convert one differentiated leaf. Returns ``(value passed to fn, value to watch)``."""
+    if isinstance(x, (tf.Tensor, tf.Variable)):
+        if x.dtype.is_floating:
+            return x, x
+        dtype = x.dtype
+    elif hasattr(x, "value") and isinstance(getattr(x, "value", None), tf.Variable):
+        # A Keras 3 variable: pass it to fn as it is, watch the tf.Variable behind it.
+        inner = x.value
+        if inner.dtype.is_floating:
+            return x, inner
+        dtype = inner.dtype
+    elif isinstance(x, bool) or isinstance(x, np.bool_):
+        dtype = tf.bool
+    elif isinstance(x, (np.ndarray, np.generic)):  # before float: np.float64 is a float
+        try:
+            dtype = tf.as_dtype(x.dtype)
+        except TypeError:
+            dtype = x.dtype
+        if isinstance(dtype, tf.DType) and dtype.is_floating:
+            t = tf.convert_to_tensor(x)
+            return t, t
+    elif isinstance(x, (int, float)):
+        t = tf.constant(float(x), tf.float32)
+        return t, t
+    else:
+        raise TypeError(
+            f"{transform} can only differentiate with respect to floating-point numbers, arrays, "
+            f"tensors or variables (or dicts/lists/tuples of them), but "
+            f"{_where_text(where, path)} is "
+            f"{describe_received(x)}. Pass a float value there, or move it out of argnums/wrt."
+        )
+    name = getattr(dtype, "name", str(dtype))
+    raise TypeError(
+        f"{transform} needs floating-point inputs at differentiated positions, but "
+        f"{_where_text(where, path)} has "
+        f"dtype {name} ({describe_received(x)}); integer and bool values have no gradient. "
+        f"Cast it first, e.g. tf.cast(x, tf.float32), or pass 3.0 instead of 3."
+    )
+
+
+def _map_with_path(fn: Callable[[Any, str], Any], struct: Any, path: str) -> Any:
+    if isinstance(struct, dict):
+        items = {k: _map_with_path(fn, v, f"{path}[{k!r}]") for k, v in struct.items()}
+        return type(struct)(items) if type(struct) is not dict else items
+    if isinstance(struct, tuple) and hasattr(struct, "_fields"):  # namedtuple
+        return type(struct)(
+            *(_map_with_path(fn, v, f"{path}.{f}") for f, v in zip(struct._fields, struct))
+        )
+    if isinstance(struct, (list, tuple)):
+        return type(struct)(_map_with_path(fn, v, f"{path}[{i}]") for i, v in enumerate(struct))
+    return fn(struct, path)
+
+
+def prepare(value: Nest, where: Where, transform: str) -> tuple[Nest, list[Any]]:
+    """Turn a differentiated argument into ``(value to pass to fn, flat list of values to watch)``.
+
+    Python numbers become float32 scalars, NumPy arrays become tensors of their own dtype, tensors
+    and variables are kept (so float64 in gives float64 out). Integer/bool leaves raise
+    ``TypeError`` naming ``where`` (and the path inside a nest).
+    """
+    # Fast path: the common single float tensor.
+    if type(value) is _EagerTensor or isinstance(value, tf.Tensor):
+        if value.dtype.is_floating:
+            return value, [value]
+
+    def leaf(x: Any, path: str) -> _Pair:
+        return _Pair(_leaf_to_tensor(x, where, path, transform))
+
+    pairs = _map_with_path(leaf, value, "")
+    return _map_pairs(pairs, 0), tf.nest.flatten(_map_pairs(pairs, 1))
+
+
+class _Pair(tuple):
+    """(value passed to fn, value watched) for one leaf; its own type so nests may hold tuples."""
+
+
+def _map_pairs(struct: Any, k: int) -> Any:
+    if isinstance(struct, _Pair):
+        return struct[k]
+    if isinstance(struct, dict):
+        items = {key: _map_pairs(v, k) for key, v in struct.items()}
+        return type(struct)(items) if type(struct) is not dict else items
+    if isinstance(struct, tuple) and hasattr(struct, "_fields"):
+        return type(struct)(*(_map_pairs(v, k) for v in struct))
+    if isinstance(struct, (list, tuple)):
+        return type(struct)(_map_pairs(v, k) for v in struct)
+    return struct
+
+
+def leaf_paths(value: Nest) -> list[str]:
+    """Paths (``['w']``, ``[0]``) of the leaves of a nest, in ``tf.nest.flatten`` order."""
+    paths: list[str] = []
+
+    def walk(s: Any, path: str) -> None:
+        if isinstance(s, dict):
+            for k in sorted(s, key=_sort_key):
+                walk(s[k], f"{path}[{k!r}]")
+        elif isinstance(s, tuple) and hasattr(s, "_fields"):
+            for f, v in zip(s._fields, s):
+                walk(v, f"{path}.{f}")
+        elif isinstance(s, (list, tuple)):
+            for i, v in enumerate(s):
+                walk(v, f"{path}[{i}]")
+        else:
+            paths.append(path)
+
+    walk(value, "")
+    return paths
+
+
+def _sort_key(k: Any) -> Any:
+    return (str(type(k)), k) if not isinstance(k, str) else ("", k)
+
+
+def as_output_tensor(value: Any, fn: Callable, transform: str) -> tf.Tensor:
+    """Convert what ``fn`` returned into a float tensor, or raise a clear error."""
+    if not isinstance(value, (tf.Tensor, tf.Variable)):
+        try:
+            value = tf.convert_to_tensor(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{transform}: `{fn_name(fn)}` must return a tensor (or a number), but returned "
+                f"{describe_received(value)}. If it returns several values, use has_aux=True and "
+                f"return (value, aux)."
+            ) from exc
+    if not value.dtype.is_floating:
+        raise TypeError(
+            f"{transform}: the output of `{fn_name(fn)}` has dtype {value.dtype.name}, which has "
+            f"no gradient. Compute it in floating point (cast inputs/constants to float)."
+        )
+    return value
+
+
+def check_scalar(value: tf.Tensor, fn: Callable, transform: str) -> None:
+    """``ValueError`` unless ``value`` is a scalar (rank 0)."""
+    rank = value.shape.rank
+    if rank is not None and rank != 0:
+        raise ValueError(
+            f"{transform} needs a scalar output, but `{fn_name(fn)}` returned shape "
+            f"{tuple(value.shape)}. Reduce it (tf.reduce_sum / tf.reduce_mean) or use "
+            f"tapekit.jacobian."
+        )

@@ -1,0 +1,59 @@
+"""Error classes raised by tapekit, and helpers that build the messages users read.
+
+Messages follow one pattern: the rule, what was received, how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DisconnectedGradientError",
+    "NonFiniteError",
+    "TapekitError",
+]
+
+
+class TapekitError(Exception):
+    """Base class of tapekit's own exceptions (other errors are plain TypeError/ValueError)."""
+
+
+class DisconnectedGradientError(TapekitError, ValueError):
+    """A gradient is missing (TensorFlow would have answered ``None``).
+
+    The message names every affected source and the detected cause. ``sources`` holds
+    ``(name, cause)`` pairs for programmatic use.
+    """
+
+    def __init__(self, message: str, sources: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.sources = list(sources or [])
+
+
+class NonFiniteError(TapekitError, FloatingPointError):
+    """A loss or gradient became NaN or infinite during training.
+
+    ``step`` is the global step at which it happened and ``variables`` the names of the
+    variables whose gradients were not finite (empty when only the loss was).
+    """
+
+    def __init__(self, message: str, step: int | None = None, variables: list[str] | None = None):
+        super().__init__(message)
+        self.step = step
+        self.variables = list(variables or [])
+
+
+def describe_received(value: object) -> str:
+    """A short description of a user value for error messages: its type, dtype and shape."""
+    dtype = getattr(value, "dtype", None)
+    shape = getattr(value, "shape", None)
+    kind = type(value).__name__
+    if dtype is not None and shape is not None:
+        dname = getattr(dtype, "name", str(dtype))
+        try:
+            shape = tuple(shape)
+        except TypeError:  # unknown rank
+            shape = "unknown"
+        return f"{kind} of dtype {dname} and shape {shape}"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{kind} {text}"

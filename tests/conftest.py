@@ -1,0 +1,35 @@
+"""Test set-up shared by every test module.
+
+TensorFlow's logical devices must be configured before it initialises, so this runs first:
+the one physical CPU is split into two logical CPUs, giving MirroredStrategy two replicas.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+try:
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+except RuntimeError:  # already initialised (e.g. a plugin touched TF first); tests needing 2 skip
+    pass
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded NumPy generator, so every test sees the same random inputs."""
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _doctest_namespace(doctest_namespace: dict) -> None:
+    doctest_namespace["tf"] = tf
+    doctest_namespace["np"] = np
