@@ -6,6 +6,7 @@ for TensorFlow 2.
 6.0
 """
 
+from .board import explain
 from .checking import check_grads
 from .errors import DisconnectedGradientError, NonFiniteError, TapekitError
 from .jacobians import jvp, vjp
@@ -19,6 +20,7 @@ __all__ = [
     "TapekitError",
     "check_grads",
     "derivative",
+    "explain",
     "grad",
     "jvp",
     "partial",
