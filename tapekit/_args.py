@@ -6,7 +6,9 @@ Shared by every transform. Validation happens in two phases: ``check_callable`` 
 
 from __future__ import annotations
 
+import collections
 import inspect
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,15 +42,19 @@ def check_callable(fn: object, transform: str) -> None:
 
 def normalize_argnums(argnums: object, transform: str) -> tuple[tuple[int, ...], bool]:
     """Validate ``argnums`` at build time. Returns ``(argnums as a tuple, was a single int)``."""
-    if isinstance(argnums, int) and not isinstance(argnums, bool):
-        return (argnums,), True
-    if isinstance(argnums, (tuple, list)) and argnums:
-        if all(isinstance(a, int) and not isinstance(a, bool) for a in argnums):
-            return tuple(argnums), False
+    if _is_index(argnums):
+        return (operator.index(argnums),), True
+    if isinstance(argnums, (tuple, list)) and argnums and all(_is_index(a) for a in argnums):
+        return tuple(operator.index(a) for a in argnums), False
     raise TypeError(
         f"{transform} needs `argnums` to be an int or a non-empty tuple of ints, but received "
         f"{argnums!r}. Use e.g. argnums=0 or argnums=(0, 1)."
     )
+
+
+def _is_index(a: object) -> bool:
+    """An int or NumPy integer, but not a bool."""
+    return isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
 
 
 def resolve_argnums(
@@ -135,10 +141,19 @@ def _leaf_to_tensor(x: Any, where: Where, path: str, transform: str) -> tuple[An
     )
 
 
+def _like_dict(like: dict, items: dict) -> dict:
+    """``items`` as a dict of the same type as ``like`` (OrderedDict, defaultdict, ...)."""
+    if type(like) is dict:
+        return items
+    if isinstance(like, collections.defaultdict):
+        return type(like)(like.default_factory, items)
+    return type(like)(items)
+
+
 def _map_with_path(fn: Callable[[Any, str], Any], struct: Any, path: str) -> Any:
     if isinstance(struct, dict):
         items = {k: _map_with_path(fn, v, f"{path}[{k!r}]") for k, v in struct.items()}
-        return type(struct)(items) if type(struct) is not dict else items
+        return _like_dict(struct, items)
     if isinstance(struct, tuple) and hasattr(struct, "_fields"):  # namedtuple
         return type(struct)(
             *(_map_with_path(fn, v, f"{path}.{f}") for f, v in zip(struct._fields, struct))
@@ -148,23 +163,50 @@ def _map_with_path(fn: Callable[[Any, str], Any], struct: Any, path: str) -> Any
     return fn(struct, path)
 
 
-def prepare(value: Nest, where: Where, transform: str) -> tuple[Nest, list[Any]]:
+def prepare(
+    value: Nest, where: Where, transform: str, seen: set[int] | None = None
+) -> tuple[Nest, list[Any]]:
     """Turn a differentiated argument into ``(value to pass to fn, flat list of values to watch)``.
 
     Python numbers become float32 scalars, NumPy arrays become tensors of their own dtype, tensors
     and variables are kept (so float64 in gives float64 out). Integer/bool leaves raise
     ``TypeError`` naming ``where`` (and the path inside a nest).
+
+    ``seen`` (shared by all differentiated arguments of one call) holds the ids of the tensors
+    already watched: a tensor met a second time is replaced by a ``tf.identity`` copy, so each
+    position gets its own partial derivative (as in JAX), not the total derivative.
     """
     # Fast path: the common single float tensor.
     if type(value) is _EagerTensor or isinstance(value, tf.Tensor):
         if value.dtype.is_floating:
+            value = _distinct(value, seen)
             return value, [value]
 
     def leaf(x: Any, path: str) -> _Pair:
-        return _Pair(_leaf_to_tensor(x, where, path, transform))
+        call_value, watched = _leaf_to_tensor(x, where, path, transform)
+        if isinstance(watched, tf.Tensor):
+            call_value = watched = _distinct(watched, seen)
+        elif seen is not None:  # a variable cannot be copied without changing what fn reads
+            if id(watched) in seen:
+                raise ValueError(
+                    f"{transform}: the same variable `{watched.name}` is passed at two "
+                    f"differentiated places ({_where_text(where, path)} is the second), so its "
+                    f"gradient cannot be split between them. Pass it once, or pass "
+                    f"`v.read_value()` at one of the places."
+                )
+            seen.add(id(watched))
+        return _Pair((call_value, watched))
 
     pairs = _map_with_path(leaf, value, "")
     return _map_pairs(pairs, 0), tf.nest.flatten(_map_pairs(pairs, 1))
+
+
+def _distinct(t: tf.Tensor, seen: set[int] | None) -> tf.Tensor:
+    if seen is not None:
+        if id(t) in seen:
+            t = tf.identity(t)
+        seen.add(id(t))
+    return t
 
 
 class _Pair(tuple):
@@ -176,7 +218,7 @@ def _map_pairs(struct: Any, k: int) -> Any:
         return struct[k]
     if isinstance(struct, dict):
         items = {key: _map_pairs(v, k) for key, v in struct.items()}
-        return type(struct)(items) if type(struct) is not dict else items
+        return _like_dict(struct, items)
     if isinstance(struct, tuple) and hasattr(struct, "_fields"):
         return type(struct)(*(_map_pairs(v, k) for v in struct))
     if isinstance(struct, (list, tuple)):
@@ -211,6 +253,17 @@ def _sort_key(k: Any) -> Any:
 
 def as_output_tensor(value: Any, fn: Callable, transform: str) -> tf.Tensor:
     """Convert what ``fn`` returned into a float tensor, or raise a clear error."""
+    if isinstance(value, (list, tuple, dict)):
+        hint = (
+            " If it returns (value, aux), pass has_aux=True."
+            if transform in ("grad", "value_and_grad")
+            else ""
+        )
+        raise TypeError(
+            f"{transform} needs `{fn_name(fn)}` to return one tensor, but it returned a "
+            f"{type(value).__name__} of {len(value)} items.{hint} Otherwise return a single "
+            f"tensor (e.g. the sum of the items)."
+        )
     if not isinstance(value, (tf.Tensor, tf.Variable)):
         try:
             value = tf.convert_to_tensor(value)
@@ -231,7 +284,11 @@ def as_output_tensor(value: Any, fn: Callable, transform: str) -> tf.Tensor:
 def check_scalar(value: tf.Tensor, fn: Callable, transform: str) -> None:
     """``ValueError`` unless ``value`` is a scalar (rank 0)."""
     rank = value.shape.rank
-    if rank is not None and rank != 0:
+    if rank is None:  # unknown until run time (a tf.function with a shapeless signature)
+        tf.debugging.assert_rank(
+            value, 0, message=f"{transform} needs a scalar output from `{fn_name(fn)}`; reduce it"
+        )
+    elif rank != 0:
         raise ValueError(
             f"{transform} needs a scalar output, but `{fn_name(fn)}` returned shape "
             f"{tuple(value.shape)}. Reduce it (tf.reduce_sum / tf.reduce_mean) or use "

@@ -45,7 +45,8 @@ def _rev(g: Flat) -> Flat:
             y = g(leaves)
         blocks = tape.jacobian(y, leaves, unconnected_gradients=_ZERO)
         n_out = int(y.shape[0])
-        return tf.reshape(tf.concat([tf.reshape(b, [n_out, -1]) for b in blocks], axis=1), [-1])
+        blocks = [tf.cast(tf.reshape(b, [n_out, -1]), y.dtype) for b in blocks]  # mixed dtypes
+        return tf.reshape(tf.concat(blocks, axis=1), [-1])
 
     return dg
 
@@ -190,6 +191,10 @@ def check_grads(
             f"check_grads needs `args` as a tuple of arguments, but received "
             f"{describe_received(args)}. Wrap a single argument: check_grads(f, (x,))."
         )
+    if not args:
+        raise ValueError(
+            "check_grads needs at least one argument to differentiate, e.g. check_grads(f, (x,))."
+        )
     if not isinstance(order, int) or isinstance(order, bool) or order < 1:
         raise ValueError(f"check_grads needs an int order >= 1, but received order={order!r}.")
     if isinstance(modes, str):
@@ -223,14 +228,18 @@ def check_grads(
     tol = _TOL.get(dtype, 1e-3)
     leaves64 = [tf.cast(x, tf.float64) for x in leaves]
     try:
-        g0(leaves64)
-        fd_leaves, fd_note = leaves64, "float64"
+        work = g0(leaves64).dtype  # the precision fn really computes in (Keras layers: float32)
     except (TypeError, ValueError, tf.errors.InvalidArgumentError):
-        fd_leaves, fd_note = leaves, f"{dtype.name} (`{_args.fn_name(fn)}` does not run in float64)"
-        tol = max(tol, 1e-2)
+        work = out0.dtype
+    if work == tf.float64:
+        fd_leaves, fd_note = leaves64, "float64"
+    else:
+        fd_leaves = leaves
+        fd_note = f"{work.name} (`{_args.fn_name(fn)}` does not compute in float64)"
+        tol = max(tol, _TOL.get(work, 1e-3), 1e-2)
     atol = tol if atol is None else atol
     rtol = tol if rtol is None else rtol
-    step = _EPS.get(fd_leaves[0].dtype, 1e-3) if eps is None else eps
+    step = _EPS.get(work, 1e-3) if eps is None else eps
 
     in_names = _element_names(fn, structure)
     out_struct = fn(*tf.nest.pack_sequence_as(structure, leaves))

@@ -62,7 +62,23 @@ def _flatten_like(value: Any, structure: Any, where: str, transform: str) -> lis
         raise ValueError(
             f"{transform}: {where} must have the same structure as the value it pairs with; {exc}"
         ) from exc
+    _check_keys(structure, value, where, transform)
     return tf.nest.flatten(value)
+
+
+def _check_keys(structure: Any, value: Any, where: str, transform: str) -> None:
+    """assert_same_structure(check_types=False) pairs dict values by sorted position only."""
+    if isinstance(structure, dict):
+        if set(structure) != set(value):
+            raise ValueError(
+                f"{transform}: {where} must have the same dict keys as the value it pairs with, "
+                f"{sorted(map(repr, structure))}, but has {sorted(map(repr, value))}."
+            )
+        for k in structure:
+            _check_keys(structure[k], value[k], where, transform)
+    elif isinstance(structure, (list, tuple)):
+        for s, v in zip(structure, value):
+            _check_keys(s, v, where, transform)
 
 
 def jvp(fn: Callable, primals: Sequence[Any], tangents: Sequence[Any]) -> tuple[Any, Any]:
@@ -100,8 +116,9 @@ def jvp(fn: Callable, primals: Sequence[Any], tangents: Sequence[Any]) -> tuple[
             f"{len(tangents)} tangents."
         )
     call_args, watch, tans = [], [], []
+    seen: set[int] = set()
     for i, (p, t) in enumerate(zip(primals, tangents)):
-        call_value, watched = _args.prepare(p, f"primal {i}", "jvp")
+        call_value, watched = _args.prepare(p, f"primal {i}", "jvp", seen)
         call_args.append(call_value)
         flat_t = _flatten_like(t, call_value, f"tangent {i}", "jvp")
         for j, (w, ft) in enumerate(zip(watched, flat_t)):
@@ -141,8 +158,9 @@ def vjp(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
     """
     _args.check_callable(fn, "vjp")
     call_args, structs, sources = [], [], []
+    seen: set[int] = set()
     for i, p in enumerate(primals):
-        call_value, watched = _args.prepare(p, f"primal {i}", "vjp")
+        call_value, watched = _args.prepare(p, f"primal {i}", "vjp", seen)
         call_args.append(call_value)
         structs.append((call_value, len(watched)))
         sources.extend(watched)

@@ -48,12 +48,14 @@ def _value_and_grad_call(
 ) -> tuple[Any, Any, list[Any]]:
     """Run ``fn`` on a tape; return ``(value, aux, [gradient nest per argnum])``."""
     positions = _args.resolve_argnums(argnums, len(args), fn, transform)
+    unique = list(dict.fromkeys(positions))  # argnums=(0, 0) differentiates argument 0 once
     args = list(args)
     sources: list[Any] = []
     structs: list[tuple[Any, int]] = []
-    for i in positions:
+    seen: set[int] = set()
+    for i in unique:
         where = functools.partial(_args.describe_arg, fn, i)  # only formatted on error
-        call_value, watched = _args.prepare(args[i], where, transform)
+        call_value, watched = _args.prepare(args[i], where, transform, seen)
         args[i] = call_value
         structs.append((call_value, len(watched)))
         sources.extend(watched)
@@ -73,7 +75,7 @@ def _value_and_grad_call(
         grads.append(
             part[0] if n == 1 and not _is_nest(struct) else tf.nest.pack_sequence_as(struct, part)
         )
-    return value, aux, grads
+    return value, aux, [grads[unique.index(i)] for i in positions]
 
 
 def _is_nest(x: Any) -> bool:
@@ -221,7 +223,7 @@ def partials(fn: Callable, wrt: str | list[str] | tuple[str, ...] | None = None)
     Args:
         fn: A function of named parameters returning a scalar float tensor.
         wrt: The parameter names to differentiate (a name or a list of names). ``None`` means
-            every parameter except ``*args`` and ``**kwargs``.
+            every parameter except ``*args``, ``**kwargs`` and those whose value is ``None``.
 
     Returns:
         A function with ``fn``'s signature (arguments positional or by keyword; defaults are
@@ -241,6 +243,7 @@ def partials(fn: Callable, wrt: str | list[str] | tuple[str, ...] | None = None)
     """
     _args.check_callable(fn, "partials")
     sig = _signature(fn, "partials")
+    explicit = wrt is not None
     if wrt is None:
         names = [
             p.name
@@ -257,13 +260,19 @@ def partials(fn: Callable, wrt: str | list[str] | tuple[str, ...] | None = None)
             f"{wrt!r}. Example: tapekit.partials(f, wrt=['x', 'y'])."
         )
     _check_names(names, sig, fn, "partials")
+    names = list(dict.fromkeys(names))
 
     def partials_fn(*args: Any, **kwargs: Any) -> dict[str, Any]:
         bound = _bind(sig, fn, args, kwargs, "partials")
         sources: list[Any] = []
         structs: list[tuple[Any, int]] = []
-        for n in names:
-            call_value, watched = _args.prepare(bound.arguments[n], f"parameter `{n}`", "partials")
+        seen: set[int] = set()
+        # With wrt=None, parameters left at None (e.g. `name=None` of TF ops) are not inputs.
+        active = names if explicit else [n for n in names if bound.arguments[n] is not None]
+        for n in active:
+            call_value, watched = _args.prepare(
+                bound.arguments[n], f"parameter `{n}`", "partials", seen
+            )
             bound.arguments[n] = call_value
             structs.append((call_value, len(watched)))
             sources.extend(watched)
@@ -274,7 +283,7 @@ def partials(fn: Callable, wrt: str | list[str] | tuple[str, ...] | None = None)
         _args.check_scalar(value, fn, "partials")
         flat = tape.gradient(value, sources, unconnected_gradients=_ZERO)
         result, start = {}, 0
-        for n, (struct, k) in zip(names, structs):
+        for n, (struct, k) in zip(active, structs):
             part = [_dense(g) for g in flat[start : start + k]]
             start += k
             result[n] = part[0] if not _is_nest(struct) else tf.nest.pack_sequence_as(struct, part)
@@ -332,13 +341,13 @@ def partial(fn: Callable, *wrt: str | int) -> Callable:
     names: list[str] = []
     for w in wrt:
         if isinstance(w, int) and not isinstance(w, bool):
-            if not 0 <= w < len(positional):
+            if not -len(positional) <= w < len(positional):
                 raise ValueError(
                     f"partial: position {w} is out of range; `{_args.fn_name(fn)}` has "
                     f"{len(positional)} positional parameter(s) {positional}. Use 0.."
                     f"{len(positional) - 1} or a name."
                 )
-            names.append(positional[w])
+            names.append(positional[w % len(positional)])
         elif isinstance(w, str):
             names.append(w)
         else:
@@ -352,8 +361,11 @@ def partial(fn: Callable, *wrt: str | int) -> Callable:
     def partial_fn(*args: Any, **kwargs: Any) -> tf.Tensor:
         bound = _bind(sig, fn, args, kwargs, "partial")
         sources = {}
+        seen: set[int] = set()
         for n in unique:
-            call_value, watched = _args.prepare(bound.arguments[n], f"parameter `{n}`", "partial")
+            call_value, watched = _args.prepare(
+                bound.arguments[n], f"parameter `{n}`", "partial", seen
+            )
             if _is_nest(call_value):
                 raise TypeError(
                     f"partial differentiates single tensors, but parameter `{n}` is a "
@@ -393,6 +405,9 @@ def derivative(fn: Callable[[tf.Tensor], tf.Tensor], order: int = 1) -> Callable
     depends only on input element i. Then ``derivative(fn, k)(xs)[i]`` is ``fn⁽ᵏ⁾(xs[i])``, which
     is what you plot next to ``fn``.
 
+    TensorFlow's gradient of ``x**n`` divides by ``x``, so derivatives of order >= n of a power
+    are NaN at exactly 0; write ``x * x * x`` (or ``tf.square``) where that point matters.
+
     Args:
         fn: An elementwise function of one tensor.
         order: The derivative order, an int >= 0 (0 gives ``fn`` itself).
@@ -421,7 +436,9 @@ def derivative(fn: Callable[[tf.Tensor], tf.Tensor], order: int = 1) -> Callable
 
     def derivative_fn(x: Any) -> tf.Tensor:
         if isinstance(x, (list, tuple)):
-            x = tf.constant(x, tf.float32)
+            x = tf.convert_to_tensor(x)  # keeps float64 elements' dtype
+            if not x.dtype.is_floating:  # Python numbers are float32 points
+                x = tf.cast(x, tf.float32)
         x, watched = _args.prepare(x, "the points `x`", "derivative")
         src = watched[0]
 
@@ -435,9 +452,12 @@ def derivative(fn: Callable[[tf.Tensor], tf.Tensor], order: int = 1) -> Callable
 
         return level(order)
 
-    return _finish(
+    result = _finish(
         derivative_fn,
         fn,
         f"derivative_{order}_of_{_args.fn_name(fn)}",
         f"Elementwise derivative of order {order} of `{_args.fn_name(fn)}`.",
     )
+    # derivative_fn takes one argument `x` whatever fn's signature is (tf.function binds by it)
+    del result.__wrapped__
+    return result
