@@ -1,0 +1,205 @@
+"""Turning user data into ``tf.data`` pipelines, and where a distributed run keeps its data.
+
+The Trainer accepts a ``tf.data.Dataset`` or anything ``Dataset.from_tensor_slices`` understands
+(an array, a tuple/dict of arrays). Arrays are shuffled with a seeded, reshuffle-each-epoch
+buffer and batched *before* ``repeat()``, so each epoch is one pass with one partial last batch,
+and skipping ``n`` elements of the repeated stream reproduces any position exactly (that is how
+a resumed run finds its place). This module also holds the few facts about the strategy the rest
+of the package needs: the replica count, whether this process is the chief, and the directory a
+worker may write to.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from ..errors import describe_received
+
+__all__ = [
+    "as_dataset",
+    "distribute",
+    "is_chief",
+    "leading_size",
+    "relaxed_spec",
+    "steps_per_epoch",
+    "writable_dir",
+]
+
+
+def _leaves(data: Any) -> list[Any]:
+    return tf.nest.flatten(data)
+
+
+def as_dataset(
+    data: Any,
+    *,
+    batch_size: int | None,
+    shuffle: bool = False,
+    seed: int | None = None,
+    argument: str = "data",
+) -> tf.data.Dataset:
+    """A batched ``tf.data.Dataset`` from ``data`` (not repeated).
+
+    Args:
+        data: A ``tf.data.Dataset`` (used as it is: it must already be batched), or an array /
+            tensor, or a tuple / list / dict (nested) of them with equal first dimensions.
+        batch_size: Examples per batch for array data; must be ``None`` for a Dataset.
+        shuffle: Shuffle array data with a buffer holding all of it, reshuffled every epoch.
+        seed: Seed of that shuffle (the same seed gives the same order in every process).
+        argument: The argument's name, for error messages.
+
+    Returns:
+        A dataset whose elements have a leading batch dimension of unknown size (``None``).
+
+    Raises:
+        ValueError: If ``batch_size`` is missing for arrays or given for a Dataset, or the
+            arrays' first dimensions differ.
+        TypeError: If ``data`` cannot be turned into a dataset.
+
+    Example:
+        >>> ds = as_dataset((np.zeros((5, 2)), np.ones(5)), batch_size=2)
+        >>> [int(x.shape[0]) for x, _ in ds]
+        [2, 2, 1]
+    """
+    if isinstance(data, tf.data.Dataset):
+        if batch_size is not None:
+            raise ValueError(
+                f"`batch_size` applies to array data only, but `{argument}` is a tf.data.Dataset "
+                f"and batch_size={batch_size} was given. Batch the dataset yourself "
+                f"(dataset.batch({batch_size})) and drop batch_size."
+            )
+        return data
+    if isinstance(data, tf.distribute.DistributedDataset):
+        raise TypeError(
+            f"`{argument}` is already a distributed dataset; pass the plain tf.data.Dataset: the "
+            "Trainer distributes it with its own strategy."
+        )
+    if batch_size is None or int(batch_size) < 1:
+        raise ValueError(
+            f"`{argument}` holds arrays, so `batch_size` must be a positive int, but received "
+            f"batch_size={batch_size!r}. Pass e.g. batch_size=32."
+        )
+    leaves = _leaves(data)
+    if not leaves:
+        raise TypeError(f"`{argument}` is empty ({describe_received(data)}); pass arrays.")
+    try:
+        sizes = {int(np.shape(x)[0]) for x in leaves}
+    except (IndexError, TypeError) as exc:
+        raise TypeError(
+            f"`{argument}` must be arrays with a leading example dimension (or a tf.data.Dataset), "
+            f"but received {describe_received(data)}."
+        ) from exc
+    if len(sizes) != 1:
+        raise ValueError(
+            f"All arrays in `{argument}` need the same number of examples (first dimension), but "
+            f"received sizes {sorted(sizes)}. Check that inputs and labels match."
+        )
+    (n,) = sizes
+    ds = tf.data.Dataset.from_tensor_slices(data)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(int(batch_size))
+
+
+def steps_per_epoch(dataset: tf.data.Dataset, requested: int | None, accumulate: int) -> int:
+    """Optimizer steps in one epoch of ``dataset`` (each step uses ``accumulate`` batches).
+
+    Args:
+        dataset: The batched (not yet repeated) dataset.
+        requested: The user's ``steps_per_epoch``, or ``None`` for one pass over the data.
+        accumulate: Batches per optimizer step.
+
+    Returns:
+        The number of steps (at least 1).
+
+    Raises:
+        ValueError: If the dataset is infinite and ``requested`` is ``None``, or too short.
+
+    Example:
+        >>> steps_per_epoch(tf.data.Dataset.range(10).batch(3), None, 2)
+        2
+    """
+    if requested is not None:
+        if int(requested) < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, but received {requested!r}.")
+        return int(requested)
+    batches = int(dataset.cardinality())
+    if batches == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            "The training dataset repeats forever, so an epoch has no natural end. Pass "
+            "steps_per_epoch=..., or remove the .repeat()."
+        )
+    if batches == tf.data.UNKNOWN_CARDINALITY:  # e.g. after filter(): count once
+        batches = int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
+    if batches < accumulate:
+        raise ValueError(
+            f"An epoch needs at least accumulate_steps={accumulate} batches, but the dataset has "
+            f"{batches}. Use a smaller batch_size or accumulate_steps."
+        )
+    return batches // accumulate
+
+
+def relaxed_spec(spec: Any) -> Any:
+    """``spec`` (a nest of ``tf.TensorSpec``) with the leading (batch) dimension set to ``None``.
+
+    Example:
+        >>> relaxed_spec(tf.TensorSpec([32, 3], tf.float32))
+        TensorSpec(shape=(None, 3), dtype=tf.float32, name=None)
+    """
+
+    def relax(s: Any) -> Any:
+        if isinstance(s, tf.TensorSpec) and s.shape.rank:
+            return tf.TensorSpec([None, *s.shape[1:]], s.dtype)
+        return s
+
+    return tf.nest.map_structure(relax, spec)
+
+
+def leading_size(batch: Any) -> tf.Tensor:
+    """The number of examples in a batch (first dimension of its first tensor), as float32."""
+    first = tf.nest.flatten(batch)[0]
+    return tf.cast(tf.shape(first)[0], tf.float32)
+
+
+def distribute(dataset: tf.data.Dataset, strategy: tf.distribute.Strategy) -> Any:
+    """``strategy.experimental_distribute_dataset(dataset)``; the dataset itself on one replica."""
+    if strategy.num_replicas_in_sync == 1 and not _is_multi_worker(strategy):
+        return dataset
+    return strategy.experimental_distribute_dataset(dataset)
+
+
+def _is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return bool(resolver is not None and resolver.cluster_spec().as_dict())
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes checkpoints and summaries (the chief, or worker 0).
+
+    Example:
+        >>> is_chief(tf.distribute.get_strategy())
+        True
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def writable_dir(path: str | os.PathLike, strategy: tf.distribute.Strategy, kind: str) -> str:
+    """Where this process writes ``kind`` ("checkpoints", "logs"): ``path`` for the chief, a
+    private temporary directory for other workers (collective saves need every worker to write).
+    """
+    if is_chief(strategy):
+        return os.fspath(path)
+    resolver = strategy.cluster_resolver
+    return tempfile.mkdtemp(prefix=f"tapekit-{kind}-{resolver.task_type}{resolver.task_id}-")

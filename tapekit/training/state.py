@@ -1,0 +1,98 @@
+"""The Trainer's own variables: counters, running sums, the RNG and non-finite diagnostics.
+
+Everything here is a ``tf.Variable`` created inside the strategy scope, updated inside the
+compiled step (no host round trip per step) and saved in every checkpoint, so a resumed run
+continues its counters, its epoch averages and its random stream exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["RunningMeans", "TrainState"]
+
+
+class RunningMeans(tf.Module):
+    """Batch-size-weighted running means of named scalars (loss and ``loss_fn`` extras).
+
+    ``add(sums, n)`` adds each value summed over a batch (mean times ``n``) to its running sum
+    and ``n`` to the count; ``result()`` divides. Use it in cross-replica context with values
+    reduced over all replicas.
+
+    Example:
+        >>> means = RunningMeans(["loss"])
+        >>> means.add({"loss": tf.constant(8.0)}, tf.constant(4.0))
+        >>> means.add({"loss": tf.constant(10.0)}, tf.constant(2.0))
+        >>> {k: round(v, 3) for k, v in means.result().items()}
+        {'loss': 3.0}
+    """
+
+    def __init__(self, names: Iterable[str], name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.names = list(names)
+        self.sums = {
+            k: tf.Variable(0.0, trainable=False, name=f"sum_{i}") for i, k in enumerate(self.names)
+        }
+        self.count = tf.Variable(0.0, trainable=False, name="count")
+
+    def add(self, sums: Mapping[str, tf.Tensor], n: tf.Tensor) -> None:
+        """Accumulate ``sums`` (each a value summed over ``n`` examples)."""
+        for k in self.names:
+            self.sums[k].assign_add(tf.cast(sums[k], tf.float32))
+        self.count.assign_add(n)
+
+    def reset(self) -> None:
+        """Set every sum and the count to zero."""
+        for v in self.sums.values():
+            v.assign(0.0)
+        self.count.assign(0.0)
+
+    def result(self) -> dict[str, float]:
+        """The means as Python floats (NaN before anything was added). Reads the device once."""
+        count = float(self.count.numpy())
+        if count == 0:
+            return {k: float("nan") for k in self.names}
+        return {k: float(v.numpy()) / count for k, v in self.sums.items()}
+
+
+class TrainState(tf.Module):
+    """Counters and diagnostics of one training run.
+
+    Attributes:
+        step: Optimizer steps done (int64).
+        epoch: Completed epochs (int64).
+        epoch_step: Optimizer steps done in the current (unfinished) epoch.
+        position: Dataset batches consumed from the repeated training stream (int64); a resumed
+            run skips that many to find its place.
+        data_seed: Seed of the training data shuffle, kept so a resumed run reshuffles alike.
+        rng: A ``tf.random.Generator`` for the user's own randomness (``trainer.rng``).
+        skipped: Steps skipped because the loss or a gradient was not finite.
+        bad_loss, bad_grads: Which of the loss / each variable's gradient was non-finite at the
+            failing step (written only when a step fails).
+    """
+
+    def __init__(self, num_variables: int, seed: int | None) -> None:
+        super().__init__(name="train_state")
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step")
+        self.position = tf.Variable(0, dtype=tf.int64, trainable=False, name="position")
+        self.data_seed = tf.Variable(int(seed), dtype=tf.int64, trainable=False, name="data_seed")
+        self.rng = tf.random.Generator.from_seed(int(seed))
+        self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped")
+        self.bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="bad_step")
+        self.bad_loss = tf.Variable(False, trainable=False, name="bad_loss")
+        self.bad_grads = tf.Variable(
+            tf.zeros([num_variables], tf.bool), trainable=False, name="bad_grads"
+        )
+
+    def record_nonfinite(self, loss_finite: tf.Tensor, grads_finite: tf.Tensor) -> None:
+        """Store which values were non-finite at the current step (graph-safe)."""
+        self.bad_step.assign(self.step)
+        self.bad_loss.assign(tf.logical_not(loss_finite))
+        self.bad_grads.assign(tf.logical_not(grads_finite))

@@ -1,0 +1,200 @@
+"""Trainer checkpoints on disk: resume in a new Trainer, corrupt-file fallback, non-finite steps
+leave the last good checkpoint, and a real subprocess killed with SIGKILL resumes exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tapekit
+from tapekit.training.checkpoints import Checkpoints
+
+CHILD = Path(__file__).with_name("_training_child.py")
+
+
+def _data(n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(n, 3)).astype("float32")
+    return x, (x @ np.array([[1.0], [-1.0], [2.0]], "float32"))
+
+
+def _build() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(1)]
+    )
+
+
+def mse(model, batch):
+    return tf.reduce_mean((model(batch[0], training=True) - batch[1]) ** 2)
+
+
+def _trainer(ckpt_dir, **kw) -> tapekit.Trainer:
+    kw.setdefault("seed", 5)
+    return tapekit.Trainer(_build, mse, checkpoint_dir=ckpt_dir, logdir=False, **kw)
+
+
+def _equal(a, b, atol=0.0) -> None:
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_allclose(u, v, atol=atol, rtol=0)
+
+
+def test_new_trainer_resumes_where_the_last_stopped(tmp_path):
+    straight = _trainer(tmp_path / "a")
+    full = straight.fit(_data(), epochs=4, batch_size=16, verbose=0)
+    first = _trainer(tmp_path / "b", checkpoint_every=3)
+    first.fit(_data(), epochs=2, batch_size=16, verbose=0)
+    second = _trainer(tmp_path / "b", checkpoint_every=3)
+    assert second.global_step == 0  # restored lazily, at the first fit/step/evaluate
+    rest = second.fit(_data(), epochs=4, batch_size=16, verbose=0)
+    assert second.restored_from.endswith("ckpt-8") and rest.epochs == [2, 3]
+    assert second.global_step == straight.global_step == 16
+    _equal(second.get_weights(), straight.get_weights(), 1e-6)
+    np.testing.assert_allclose(rest["loss"], full["loss"][2:], rtol=1e-6)
+    # Slots, iteration counter and RNG came back too.
+    assert int(second.optimizer.iterations.numpy()) == 16
+    np.testing.assert_array_equal(second.rng.state.numpy(), straight.rng.state.numpy())
+
+
+def test_own_loop_with_step_and_save_checkpoint(tmp_path):
+    x, y = _data(32)
+    trainer = _trainer(tmp_path)
+    with pytest.raises(ValueError, match="at least one call"):
+        trainer.save_checkpoint()
+    for i in range(3):
+        trainer.step((x[8 * i : 8 * i + 8], y[8 * i : 8 * i + 8]))
+    assert trainer.save_checkpoint().endswith("ckpt-3")
+    again = _trainer(tmp_path)
+    again.step((x[24:], y[24:]))  # restores ckpt-3 first, then steps
+    assert again.global_step == 4 and int(again.optimizer.iterations.numpy()) == 4
+
+
+def test_checkpoint_manager_keeps_the_newest(tmp_path):
+    trainer = _trainer(tmp_path, keep_checkpoints=2, checkpoint_every=2)
+    trainer.fit(_data(), epochs=2, batch_size=16, verbose=0)  # 4 steps/epoch: saves 2,4,6,8
+    names = sorted(p.name for p in tmp_path.glob("ckpt-*.index"))
+    assert names == ["ckpt-6.index", "ckpt-8.index"]
+
+
+def _truncate_data_files(directory: Path, number: int) -> None:
+    files = list(directory.glob(f"ckpt-{number}.data-*"))
+    assert files
+    for f in files:
+        f.write_bytes(f.read_bytes()[:7])
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path):
+    trainer = _trainer(tmp_path, checkpoint_every=2)
+    trainer.fit(_data(), epochs=1, batch_size=16, verbose=0)  # ckpt-2, ckpt-4
+    reference = _trainer(tmp_path / "ref", checkpoint_every=2)
+    reference.fit(_data(), epochs=1, batch_size=16, steps_per_epoch=2, verbose=0)
+    _truncate_data_files(tmp_path, 4)
+    resumed = _trainer(tmp_path, checkpoint_every=2)
+    with pytest.warns(UserWarning, match=r"ckpt-4 could not be read.*Falling back"):
+        resumed.evaluate(_data(), batch_size=16)
+    assert resumed.restored_from.endswith("ckpt-2") and resumed.global_step == 2
+    _equal(resumed.get_weights(), reference.get_weights())
+
+
+def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
+    trainer = _trainer(tmp_path, checkpoint_every=2, keep_checkpoints=1)
+    trainer.fit(_data(), epochs=1, batch_size=16, verbose=0)
+    _truncate_data_files(tmp_path, 4)
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(tapekit.CheckpointError, match="could be restored.*Delete the directory"),
+    ):
+        _trainer(tmp_path).fit(_data(), batch_size=16, verbose=0)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    _trainer(tmp_path).fit(_data(), epochs=1, batch_size=16, verbose=0)
+    wide = keras.Sequential([keras.Input((3,)), keras.layers.Dense(7), keras.layers.Dense(1)])
+    other = tapekit.Trainer(wide, mse, checkpoint_dir=tmp_path, logdir=False)
+    with pytest.raises(tapekit.CheckpointError, match="does not match.*new checkpoint_dir"):
+        other.fit(_data(), batch_size=16, verbose=0)
+
+
+def test_nonfinite_step_leaves_the_last_good_checkpoint(tmp_path):
+    x, y = _data(64)
+    x[53] = np.inf  # batch 3 (examples 48..63): steps 0-2 are fine
+    trainer = _trainer(tmp_path, checkpoint_every=2)
+    with pytest.raises(tapekit.NonFiniteError, match=r"at step 3 .*ckpt-2"):
+        trainer.fit((x, y), batch_size=16, shuffle=False, verbose=0)
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*.index")) == ["ckpt-2.index"]
+    good = trainer.get_weights()  # 3 good steps applied in memory, none after
+    assert all(np.isfinite(w).all() for w in good)
+    restored = _trainer(tmp_path)
+    restored.evaluate((x[:16], y[:16]), batch_size=16)
+    assert restored.global_step == 2
+    assert all(np.isfinite(w).all() for w in restored.get_weights())
+
+
+def test_checkpoints_wrapper_doc_example_and_candidates(tmp_path):
+    v = tf.Variable(1.0)
+    ckpt = Checkpoints(tmp_path, {"v": v}, keep=3)
+    for step in (1, 2, 3):
+        v.assign(float(step))
+        ckpt.save(step)
+    assert [os.path.basename(p) for p in ckpt.candidates()] == ["ckpt-3", "ckpt-2", "ckpt-1"]
+    (tmp_path / "ckpt-3.index").unlink()  # a partial write: the index never made it
+    v.assign(0.0)
+    with pytest.warns(UserWarning, match="ckpt-3"):
+        assert ckpt.restore_latest().endswith("ckpt-2")
+    assert float(v.numpy()) == 2.0
+
+
+def _run_child(ckpt: Path, out: Path, *extra: str, wait: bool = True) -> subprocess.Popen:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), str(ckpt), str(out), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if wait:
+        output, _ = proc.communicate(timeout=240)
+        assert proc.returncode == 0, output[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_restart_matches_an_uninterrupted_run(tmp_path):
+    # Uninterrupted reference and the run that gets killed, started side by side.
+    ref = _run_child(tmp_path / "ref" / "ckpt", tmp_path / "ref.npz", wait=False)
+    (tmp_path / "run").mkdir()
+    killed = _run_child(
+        tmp_path / "run" / "ckpt", tmp_path / "killed.npz", "--kill-at", "10", wait=False
+    )
+    marker = tmp_path / "run" / "reached"
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert killed.poll() is None, killed.communicate()[0][-3000:]
+        assert time.time() < deadline, "the child never reached step 10"
+        time.sleep(0.05)
+    os.kill(killed.pid, signal.SIGKILL)  # step 10 is done; the last checkpoint is ckpt-8
+    killed.wait(timeout=60)
+    killed.stdout.close()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed.npz").exists()
+    assert sorted(p.name for p in (tmp_path / "run" / "ckpt").glob("*.index"))[-1] == "ckpt-8.index"
+    _run_child(tmp_path / "run" / "ckpt", tmp_path / "resumed.npz")
+    output, _ = ref.communicate(timeout=240)
+    assert ref.returncode == 0, output[-3000:]
+    a, b = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "resumed.npz")
+    assert int(a["step"]) == int(b["step"]) == 18
+    weights = [k for k in a.files if k.startswith("arr_")]
+    assert len(weights) == 5  # 4 weights and the dropout seed state
+    for k in weights:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(a["loss"][-1], b["loss"][-1], rtol=1e-5)
