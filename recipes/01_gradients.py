@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 import tapekit  # noqa: E402
+import tapekit.board  # noqa: E402
 
 
 def f(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -40,9 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def open_writer(logdir: str) -> tf.summary.SummaryWriter:
-    """A summary writer for ``logdir``; a rerun replaces the event files of the previous one."""
-    for old in Path(logdir).glob("events.out.tfevents.*"):
-        old.unlink()
+    """A summary writer for ``logdir``; a rerun replaces the event files of the previous one
+    (also in the runs this recipe adds: the graph of f and its explanation)."""
+    for run in ("", "f_gradients", "explain_f"):
+        for old in Path(logdir, run).glob("events.out.tfevents.*"):
+            old.unlink()
     return tf.summary.create_file_writer(logdir)
 
 
@@ -135,14 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         tf.summary.text("results", table, step=0)
     writer.close()
 
-    from tapekit import board
-
-    if hasattr(board, "log_graph") and hasattr(tapekit, "explain"):
-        board.log_graph(f, x0, y0, logdir=args.logdir, name="f", gradients=True)
-        explanation = tapekit.explain(f, x0, y0)
-        explanation.log(args.logdir)
-        print("5. The chain rule behind ∂f (tapekit.explain):")
-        explanation.print()
+    # The graph of f and of its gradient (Graphs dashboard, run f_gradients), and the chain rule
+    # spelled out: every node, every edge's local derivative (run explain_f).
+    tapekit.board.log_graph(f, x0, y0, logdir=args.logdir, gradients=True)
+    explanation = tapekit.explain(f, x0, y0)
+    explanation.log(args.logdir)
+    print("5. The chain rule behind the gradient, tapekit.explain(f, x, y):")
+    print(textwrap.indent(str(explanation), "   "))
     print(f"Logs: tapekit inspect {args.logdir}   or   tensorboard --logdir {args.logdir}")
     return 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -83,7 +84,8 @@ def hand_loop(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> dict[st
 def with_trainer(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> dict:
     """Part 2: the same variables, loss and SGD through tapekit.Trainer."""
     params = new_params()
-    shutil.rmtree(args.logdir, ignore_errors=True)  # a rerun replaces the previous logs
+    for run in ("train", "validation"):  # a rerun replaces its own runs, nothing else in logdir
+        shutil.rmtree(Path(args.logdir) / run, ignore_errors=True)
     trainer = tapekit.Trainer(
         params,
         squared_loss,

@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     ckpt_dir = Path(args.logdir) / "checkpoints"
-    if not args.resume:  # a fresh run replaces the previous run's logs and checkpoints
-        shutil.rmtree(args.logdir, ignore_errors=True)
+    if not args.resume:  # a fresh run replaces its own runs and checkpoints, nothing else
+        for own in ("train", "validation", "checkpoints"):
+            shutil.rmtree(Path(args.logdir) / own, ignore_errors=True)
     x, y = synthetic_data(args.examples + 4000, args.seed)
     train, val = (x[:-4000], y[:-4000]), (x[-4000:-2000], y[-4000:-2000])
     test = (x[-2000:], y[-2000:])

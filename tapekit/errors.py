@@ -23,9 +23,21 @@ class DisconnectedGradientError(TapekitError, ValueError):
     ``(name, cause)`` pairs for programmatic use.
     """
 
-    def __init__(self, message: str, sources: list[tuple[str, str]] | None = None):
-        super().__init__(message)
+    # AutoGraph re-creates errors raised inside tf.function as ``type(e)(message)`` only when
+    # ``__init__ is Exception.__init__`` (otherwise it raises a StagingError instead), so the
+    # extra ``sources`` argument is taken in ``__new__`` and the message is args[0].
+    __init__ = Exception.__init__
+
+    def __new__(cls, message: str = "", sources: list[tuple[str, str]] | None = None):
+        self = super().__new__(cls, message)
         self.sources = list(sources or [])
+        return self
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.sources))
 
 
 class NonFiniteError(TapekitError, FloatingPointError):

@@ -2,6 +2,8 @@
 
 ``jvp`` runs ``fn`` under ``tf.autodiff.ForwardAccumulator``; ``vjp`` records it on a
 persistent ``tf.GradientTape``. Both accept nests of primals and keep their dtypes.
+``jacobian`` and ``batch_jacobian`` stack all rows (or columns) of those products in one
+vectorized pass, compiled and cached per function and input signature.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from . import _args
+from . import _args, _compile, _vectorize
+from ._args import ArgNums
 from .errors import describe_received
 
-__all__ = ["jvp", "vjp"]
+__all__ = ["batch_jacobian", "jacobian", "jvp", "vjp"]
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -191,3 +194,198 @@ def vjp(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
 
     vjp_fn.__name__ = vjp_fn.__qualname__ = f"vjp_of_{_args.fn_name(fn)}"
     return out, vjp_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# jacobian and batch_jacobian: vectorized, compiled and cached (see _compile and _vectorize).
+
+
+def _jacobian_core(single: bool, mode: str, chunk_size: int | None, batch: bool) -> Callable:
+    transform = "batch_jacobian" if batch else "jacobian"
+
+    def core(fn: Callable, call: _compile.Call) -> Any:
+        def outputs(out: Any) -> list[tf.Tensor]:
+            return [_args.as_output_tensor(o, fn, transform) for o in tf.nest.flatten(out)]
+
+        use_fwd = mode == "fwd"
+        if mode != "fwd":
+            tape = tf.GradientTape(persistent=True, watch_accessed_variables=False)
+            with tape:
+                tape.watch(call.sources)
+                out = fn(*call.args, **call.kwargs)
+            flat_out = outputs(out)
+            if batch:
+                _vectorize.check_batch(call.sources, flat_out, fn)
+            n_in, n_out = _vectorize.size(call.sources, batch), _vectorize.size(flat_out, batch)
+            use_fwd = mode == "auto" and None not in (n_in, n_out) and n_in < n_out
+        if use_fwd:
+            seen: list[Any] = []
+
+            def jvp(tangents: list[tf.Tensor]) -> list[tf.Tensor]:
+                with tf.autodiff.ForwardAccumulator(call.sources, tangents) as acc:
+                    result = fn(*call.args, **call.kwargs)
+                seen.append(result)
+                return [acc.jvp(o, unconnected_gradients=_ZERO) for o in outputs(result)]
+
+            if _vectorize.size(call.sources, batch) == 0:
+                seen.append(fn(*call.args, **call.kwargs))
+            blocks = _vectorize.forward(
+                jvp,
+                call.sources,
+                outputs(seen[0]) if seen else None,
+                batch=batch,
+                chunk_size=chunk_size,
+                what=transform,
+            )
+            out = seen[0]
+            if batch and mode == "fwd":
+                _vectorize.check_batch(call.sources, outputs(out), fn)
+        else:
+
+            def vjp(cotangents: list[tf.Tensor]) -> list[Any]:
+                return tape.gradient(
+                    flat_out, call.sources, output_gradients=cotangents, unconnected_gradients=_ZERO
+                )
+
+            blocks = _vectorize.reverse(
+                vjp, flat_out, call.sources, batch=batch, chunk_size=chunk_size, what=transform
+            )
+        rows = [_vectorize.pack_columns(row, call.structs, single) for row in blocks]
+        return tf.nest.pack_sequence_as(out, rows)
+
+    return core
+
+
+def _make(
+    fn: Callable,
+    argnums: ArgNums,
+    mode: str,
+    compile: bool,
+    jit_compile: bool,
+    chunk_size: int | None,
+    batch: bool,
+) -> Callable:
+    transform = "batch_jacobian" if batch else "jacobian"
+    _args.check_callable(fn, transform)
+    nums, single = _args.normalize_argnums(argnums, transform)
+    _compile.check_options(transform, mode, compile, jit_compile, chunk_size)
+    core = _jacobian_core(single, mode, chunk_size, batch)
+    options = (nums, mode, chunk_size)
+
+    def jacobian_fn(*args: Any, **kwargs: Any) -> Any:
+        call = _compile.make_call(fn, args, kwargs, nums, transform)
+        return _compile.run(
+            fn, transform, options, core, call, compile=compile, jit_compile=jit_compile
+        )
+
+    label = "_".join(str(a) for a in nums)
+    jacobian_fn.__name__ = jacobian_fn.__qualname__ = (
+        f"{transform}_of_{_args.fn_name(fn)}_wrt_{label}"
+    )
+    jacobian_fn.__doc__ = (
+        f"{'Batched ' if batch else ''}Jacobian of `{_args.fn_name(fn)}` w.r.t. argument(s) "
+        f"{nums}; see tapekit.{transform}."
+    )
+    jacobian_fn.__wrapped__ = fn
+    return _compile.no_autograph(jacobian_fn)
+
+
+def jacobian(
+    fn: Callable,
+    argnums: ArgNums = 0,
+    *,
+    mode: str = "auto",
+    compile: bool = True,
+    jit_compile: bool = False,
+    chunk_size: int | None = None,
+) -> Callable:
+    """Make a function that returns the full Jacobian of ``fn``.
+
+    All rows (reverse mode) or columns (forward mode) are computed in one vectorized pass, in a
+    ``tf.function`` cached per ``fn``, options and input shapes/dtypes (one trace each).
+
+    Args:
+        fn: A function returning a float tensor or a nest of them.
+        argnums: Which positional argument(s) to differentiate: an int, or a tuple of ints.
+            Differentiated arguments may be numbers, arrays, tensors, variables or nests.
+        mode: ``"rev"`` (vector-Jacobian products, best when the output is smaller than the
+            input), ``"fwd"`` (Jacobian-vector products, best for few inputs) or ``"auto"``,
+            which picks forward mode when the input has fewer elements than the output.
+        compile: Run in a cached ``tf.function`` (default). ``False`` runs ``fn`` eagerly.
+        jit_compile: Compile with XLA as well.
+        chunk_size: Compute at most this many rows/columns at once (bounds memory for large
+            Jacobians); ``None`` computes them all at once.
+
+    Returns:
+        A function with ``fn``'s signature. For an output ``out`` and an argument ``x`` the
+        Jacobian has shape ``out.shape + x.shape`` and ``x``'s dtype rules (float64 in, float64
+        out). Nested outputs give the output's structure whose leaves have the argument's
+        structure (a tuple of them for tuple ``argnums``). Outputs that do not depend on an
+        input give zeros.
+
+    Raises:
+        TypeError: If ``fn`` is not callable or ``argnums`` is not int(s) (at build time); if a
+            differentiated argument or an output is not floating point (at call time).
+        ValueError: If ``mode``/``chunk_size`` are invalid (at build time), or ``argnums`` is out
+            of range (at call time).
+
+    Example:
+        >>> import tensorflow as tf, tapekit
+        >>> J = tapekit.jacobian(lambda x: x**2)(tf.constant([1.0, 2.0]))
+        >>> J.numpy()
+        array([[2., 0.],
+               [0., 4.]], dtype=float32)
+    """
+    return _make(fn, argnums, mode, compile, jit_compile, chunk_size, batch=False)
+
+
+def batch_jacobian(
+    fn: Callable,
+    argnums: ArgNums = 0,
+    *,
+    mode: str = "auto",
+    compile: bool = True,
+    jit_compile: bool = False,
+    chunk_size: int | None = None,
+) -> Callable:
+    """Make a function that returns the per-example Jacobians of a batched ``fn``.
+
+    ``fn`` must treat the leading axis as a batch: output example ``i`` depends only on input
+    example ``i`` (like a Keras model without batch normalization in training mode). Then only
+    the diagonal blocks of the full Jacobian are non-zero, and they are computed at the cost of
+    one example's Jacobian. If examples interact, the result is not a Jacobian (it sums over
+    examples); use :func:`jacobian` instead.
+
+    Args:
+        fn: A function of batched tensors returning a batched float tensor or a nest of them.
+        argnums: Which positional argument(s) to differentiate: an int, or a tuple of ints.
+        mode: ``"rev"``, ``"fwd"`` or ``"auto"`` as in :func:`jacobian` (sizes per example).
+        compile: Run in a cached ``tf.function`` (default). ``False`` runs ``fn`` eagerly.
+        jit_compile: Compile with XLA as well.
+        chunk_size: Compute at most this many rows/columns at once (bounds memory).
+
+    Returns:
+        A function with ``fn``'s signature returning, for an output ``out`` of shape
+        ``(batch,) + o`` and an argument ``x`` of shape ``(batch,) + i``, a tensor of shape
+        ``(batch,) + o + i``; nests as in :func:`jacobian`.
+
+    Raises:
+        TypeError: As :func:`jacobian`.
+        ValueError: As :func:`jacobian`, and if the inputs and outputs do not share one leading
+            batch dimension.
+
+    Example:
+        >>> import tensorflow as tf, tapekit
+        >>> x = tf.constant([[1.0, 2.0], [3.0, 4.0]])
+        >>> tapekit.batch_jacobian(lambda x: x**2)(x).numpy()
+        array([[[2., 0.],
+                [0., 4.]],
+        <BLANKLINE>
+               [[6., 0.],
+                [0., 8.]]], dtype=float32)
+    """
+    return _make(fn, argnums, mode, compile, jit_compile, chunk_size, batch=True)
+
+
+for _public in (jacobian, batch_jacobian):
+    _compile.no_autograph(_public)

@@ -68,3 +68,13 @@ def test_signatures_have_type_hints(obj):
             f"{obj.__name__}: `{p.name}` has no hint"
         )
     assert sig.return_annotation is not inspect.Signature.empty, f"{obj.__name__}: no return hint"
+
+
+def test_lazy_exports_match_all_and_import_without_tensorflow():
+    import subprocess
+    import sys
+
+    assert sorted(tapekit._EXPORTS) == tapekit.__all__
+    code = "import sys, tapekit, tapekit.cli; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -352,3 +352,23 @@ def test_graph_errors(tmp_path):
 def test_board_is_reachable_from_tapekit():
     assert tapekit.board.RunWriters is RunWriters
     assert "explain" in tapekit.__all__ and tapekit.explain is tapekit.board.explain
+
+
+@pytest.mark.parametrize("data", [np.linspace(-3.0, 5.0, 1001), np.full(7, 2.5), [0.1, -0.2, 0.3]])
+def test_fast_histogram_matches_tensorboards_own(tmp_path, data):
+    """Same format, edges and total as tf.summary.histogram; counts equal up to edge rounding."""
+    from tapekit.board.gradients import histogram
+
+    values = tf.constant(data, tf.float32)
+    with tf.summary.create_file_writer(str(tmp_path)).as_default(step=3) as writer:
+        tf.summary.histogram("theirs", values)
+        histogram("ours", values)
+        writer.flush()
+    acc = load(tmp_path)
+    theirs, ours = series(acc, "theirs")[3], series(acc, "ours")[3]
+    assert ours.shape == theirs.shape == (30, 3)
+    np.testing.assert_allclose(ours[:, :2], theirs[:, :2], rtol=1e-6)
+    assert ours[:, 2].sum() == theirs[:, 2].sum() == len(data)
+    assert np.abs(ours[:, 2] - theirs[:, 2]).max() <= 1  # a value on an edge may move one bucket
+    meta = acc.SummaryMetadata("ours").plugin_data.plugin_name
+    assert meta == acc.SummaryMetadata("theirs").plugin_data.plugin_name == "histograms"

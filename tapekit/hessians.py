@@ -1,0 +1,214 @@
+"""Second-order transforms: hessian (the full matrix of second derivatives) and hvp (H·v).
+
+``hessian`` differentiates the gradient once more, all rows at once: reverse-over-reverse
+(``tape.gradient`` recorded on an outer tape, rows vectorized by pfor) or forward-over-reverse
+(``ForwardAccumulator`` over the tape gradient, columns vectorized). ``hvp`` is one
+forward-over-reverse pass and never forms the matrix. Both are compiled and cached like
+:func:`tapekit.jacobian`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from . import _args, _compile, _vectorize
+from ._args import ArgNums
+from .jacobians import _check_primals, _flatten_like, _match_dtype_shape
+
+__all__ = ["hessian", "hvp"]
+
+_ZERO = tf.UnconnectedGradients.ZERO
+
+
+def _dense(g: Any) -> Any:
+    return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+
+
+def _scalar(fn: Callable, call: _compile.Call, transform: str) -> tf.Tensor:
+    value = _args.as_output_tensor(fn(*call.args, **call.kwargs), fn, transform)
+    _args.check_scalar(value, fn, transform)
+    return value
+
+
+def _hessian_core(single: bool, mode: str, chunk_size: int | None) -> Callable:
+    def core(fn: Callable, call: _compile.Call) -> Any:
+        sources = call.sources
+        if mode == "fwd":
+
+            def jvp(tangents: list[tf.Tensor]) -> list[tf.Tensor]:
+                with tf.autodiff.ForwardAccumulator(sources, tangents) as acc:
+                    with tf.GradientTape(watch_accessed_variables=False) as tape:
+                        tape.watch(sources)
+                        value = _scalar(fn, call, "hessian")
+                    grads = tape.gradient(value, sources, unconnected_gradients=_ZERO)
+                    grads = [_dense(g) for g in grads]
+                return [acc.jvp(g, unconnected_gradients=_ZERO) for g in grads]
+
+            blocks = _vectorize.forward(
+                jvp,
+                sources,
+                [tf.convert_to_tensor(s) for s in sources],
+                chunk_size=chunk_size,
+                what="hessian",
+            )
+        else:
+            outer = tf.GradientTape(persistent=True, watch_accessed_variables=False)
+            with outer:
+                outer.watch(sources)
+                with tf.GradientTape(watch_accessed_variables=False) as inner:
+                    inner.watch(sources)
+                    value = _scalar(fn, call, "hessian")
+                grads = inner.gradient(value, sources, unconnected_gradients=_ZERO)
+                grads = [_dense(g) for g in grads]
+
+            def vjp(cotangents: list[tf.Tensor]) -> list[Any]:
+                return outer.gradient(
+                    grads, sources, output_gradients=cotangents, unconnected_gradients=_ZERO
+                )
+
+            blocks = _vectorize.reverse(vjp, grads, sources, chunk_size=chunk_size, what="hessian")
+        rows = [_vectorize.pack_columns(row, call.structs, single) for row in blocks]
+        return _vectorize.pack_columns(rows, call.structs, single)
+
+    return core
+
+
+def hessian(
+    fn: Callable,
+    argnums: ArgNums = 0,
+    *,
+    mode: str = "auto",
+    compile: bool = True,
+    jit_compile: bool = False,
+    chunk_size: int | None = None,
+) -> Callable:
+    """Make a function that returns the Hessian (all second derivatives) of a scalar ``fn``.
+
+    Args:
+        fn: A function returning a scalar float tensor.
+        argnums: Which positional argument(s) to differentiate: an int, or a tuple of ints.
+            Differentiated arguments may be numbers, arrays, tensors, variables or nests.
+        mode: How the gradient is differentiated again: ``"rev"`` (reverse-over-reverse),
+            ``"fwd"`` (forward-over-reverse) or ``"auto"`` (currently ``"rev"``, the faster of
+            the two on CPU). Both give the same matrix up to rounding.
+        compile: Run in a ``tf.function`` cached per ``fn``, options and input shapes/dtypes
+            (default). ``False`` runs ``fn`` eagerly.
+        jit_compile: Compile with XLA as well.
+        chunk_size: Compute at most this many rows at once (bounds memory for large inputs).
+
+    Returns:
+        A function with ``fn``'s signature. For an argument ``x`` the Hessian has shape
+        ``x.shape + x.shape`` and ``x``'s dtype. For a nest (or tuple ``argnums``) it is the
+        nest of blocks: ``H[a][b]`` has shape ``a.shape + b.shape`` and holds
+        ``∂²fn / ∂a ∂b``. Inputs the output does not depend on get zeros.
+
+    Raises:
+        TypeError: If ``fn`` is not callable or ``argnums`` is not int(s) (at build time); if a
+            differentiated argument or the output is not floating point (at call time).
+        ValueError: If ``mode``/``chunk_size`` are invalid (at build time); if ``argnums`` is out
+            of range or the output is not a scalar (at call time).
+
+    Example:
+        >>> import tensorflow as tf, tapekit
+        >>> f = lambda x: x[0] ** 2 * x[1] + x[1] ** 3
+        >>> tapekit.hessian(f)(tf.constant([1.0, 2.0])).numpy()  # [[2 y, 2 x], [2 x, 6 y]]
+        array([[ 4.,  2.],
+               [ 2., 12.]], dtype=float32)
+    """
+    _args.check_callable(fn, "hessian")
+    nums, single = _args.normalize_argnums(argnums, "hessian")
+    _compile.check_options("hessian", mode, compile, jit_compile, chunk_size)
+    core = _hessian_core(single, "fwd" if mode == "fwd" else "rev", chunk_size)
+    options = (nums, mode, chunk_size)
+
+    def hessian_fn(*args: Any, **kwargs: Any) -> Any:
+        call = _compile.make_call(fn, args, kwargs, nums, "hessian")
+        return _compile.run(
+            fn, "hessian", options, core, call, compile=compile, jit_compile=jit_compile
+        )
+
+    label = "_".join(str(a) for a in nums)
+    hessian_fn.__name__ = hessian_fn.__qualname__ = f"hessian_of_{_args.fn_name(fn)}_wrt_{label}"
+    hessian_fn.__doc__ = (
+        f"Hessian of `{_args.fn_name(fn)}` w.r.t. argument(s) {nums}; see tapekit.hessian."
+    )
+    hessian_fn.__wrapped__ = fn
+    return _compile.no_autograph(hessian_fn)
+
+
+def _hvp_core(fn: Callable, call: _compile.Call) -> tuple[Any, ...]:
+    sources, tangents = call.sources, call.extra
+    with tf.autodiff.ForwardAccumulator(sources, tangents) as acc:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(sources)
+            value = _scalar(fn, call, "hvp")
+        grads = [_dense(g) for g in tape.gradient(value, sources, unconnected_gradients=_ZERO)]
+    products = [acc.jvp(g, unconnected_gradients=_ZERO) for g in grads]
+    return _vectorize.pack_columns(products, call.structs, single=False)
+
+
+def hvp(
+    fn: Callable,
+    primals: Sequence[Any],
+    tangents: Sequence[Any],
+    *,
+    compile: bool = True,
+    jit_compile: bool = False,
+) -> tuple[Any, ...]:
+    """Hessian-vector product ``H·v`` of a scalar ``fn``, without forming ``H``.
+
+    One forward-over-reverse pass: the gradient is recorded on a ``tf.GradientTape`` inside a
+    ``tf.autodiff.ForwardAccumulator`` carrying ``tangents``. It costs a small multiple of one
+    gradient, whatever the size of the input. Compiled and cached like :func:`hessian`.
+
+    Args:
+        fn: A function of ``len(primals)`` positional arguments returning a scalar float tensor.
+        primals: A tuple (or list) with the point, one entry per argument of ``fn``; entries may
+            be numbers, arrays, tensors, variables or nests of them. All are differentiated.
+        tangents: The vector ``v``: same structure, shapes and dtypes as ``primals``.
+        compile: Run in a cached ``tf.function`` (default). ``False`` runs eagerly.
+        jit_compile: Compile with XLA as well.
+
+    Returns:
+        A tuple with one entry per primal, shaped like that primal (same nest and dtype):
+        ``sum_b H[a][b] · v[b]`` for each argument ``a``.
+
+    Raises:
+        TypeError: If ``fn`` is not callable, ``primals``/``tangents`` are not tuples, a primal
+            or the output is not floating point, or a tangent's dtype differs from its primal's.
+        ValueError: If ``tangents`` do not match ``primals`` in length, structure or shape, or
+            the output is not a scalar.
+
+    Example:
+        >>> import tensorflow as tf, tapekit
+        >>> f = lambda x: tf.reduce_sum(x ** 3)  # H = diag(6 x)
+        >>> (hv,) = tapekit.hvp(f, (tf.constant([1.0, 2.0]),), (tf.constant([1.0, 1.0]),))
+        >>> hv.numpy()
+        array([ 6., 12.], dtype=float32)
+    """
+    _args.check_callable(fn, "hvp")
+    if jit_compile and not compile:
+        _compile.check_options("hvp", "auto", compile, jit_compile, None)
+    primals = _check_primals(primals, "hvp")
+    tangents = _check_primals(tangents, "hvp", "tangents")
+    if len(primals) != len(tangents):
+        raise ValueError(
+            f"hvp needs one tangent per primal, but received {len(primals)} primals and "
+            f"{len(tangents)} tangents."
+        )
+    call = _compile.make_call(fn, tuple(primals), {}, tuple(range(len(primals))), "hvp")
+    start = 0
+    for i, ((value, n), t) in enumerate(zip(call.structs, tangents)):
+        flat_t = _flatten_like(t, value, f"tangent {i}", "hvp")
+        for j, (w, ft) in enumerate(zip(call.sources[start : start + n], flat_t)):
+            where = f"tangent {i}" if n == 1 else f"tangent {i} (leaf {j})"
+            call.extra.append(_match_dtype_shape(ft, w, where, "hvp"))
+        start += n
+    return _compile.run(fn, "hvp", (), _hvp_core, call, compile=compile, jit_compile=jit_compile)
+
+
+for _public in (hessian, hvp):
+    _compile.no_autograph(_public)

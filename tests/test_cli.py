@@ -1,0 +1,308 @@
+"""The `tapekit` console command, run as a real subprocess: recipes, run, inspect, board.
+
+Tests that start a subprocess are marked slow (each pays TensorFlow's import).
+
+Event files are written with tf.summary and read back by the command; `tapekit board` starts a
+real TensorBoard that is queried over HTTP and then stopped. Name resolution and the summary
+logic are also checked in-process (fast, exact values).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+from tapekit import cli, logs_inspect
+
+TAPEKIT = Path(sys.executable).with_name("tapekit")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TAPEKIT_RECIPES", None)
+    env.update(extra)
+    return env
+
+
+def tapekit(*args: str, cwd: Path | None = None, timeout: float = 120, **env: str):
+    """Run the installed `tapekit` console script."""
+    return subprocess.run(
+        [str(TAPEKIT), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=_env(**env),
+        timeout=timeout,
+    )
+
+
+def _write_training_logs(logdir: Path) -> None:
+    """A 'train' run with healthy, vanishing, exploding and NaN gradient norms, and 'validation'."""
+    with tf.summary.create_file_writer(str(logdir / "train")).as_default():
+        for step in range(20):
+            tf.summary.scalar("loss", 2.0 / (step + 1), step=step)
+            tf.summary.scalar("accuracy", min(0.5 + 0.05 * step, 0.9), step=step)
+            tf.summary.scalar("learning_rate", 0.1, step=step)
+            tf.summary.scalar("epoch_loss", 3.0 - 0.1 * step, step=step)
+            tf.summary.scalar("gradient_norm/dense/kernel", 1.0 / (1 + 0.1 * step), step=step)
+            tf.summary.scalar("gradient_norm/stuck/bias", 10.0 ** (-step), step=step)
+            tf.summary.scalar("gradient_norm/wild/kernel", 10.0 ** (step / 4), step=step)
+            nan_value = float("nan") if step >= 12 else 1.0
+            tf.summary.scalar("gradient_norm/broken/kernel", nan_value, step=step)
+        tf.summary.histogram("weights/dense/kernel", tf.range(5.0), step=0)
+    with tf.summary.create_file_writer(str(logdir / "validation")).as_default():
+        for step in (9, 19):
+            tf.summary.scalar("loss", 1.5 if step == 9 else 1.0, step=step)
+
+
+# --- tapekit recipes / run ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_recipes_lists_every_recipe_with_its_docstring_line():
+    result = tapekit("recipes")
+    assert result.returncode == 0, result.stderr
+    files = sorted(p for p in (ROOT / "recipes").glob("[0-9]*_*.py"))
+    assert files, "no recipes found"
+    for path in files:
+        first_line = ast.get_docstring(ast.parse(path.read_text())).splitlines()[0].strip()
+        assert re.search(
+            rf"^{re.escape(path.stem)}\s+{re.escape(first_line)}$", result.stdout, re.M
+        )
+    assert "tapekit run NAME" in result.stdout
+
+
+def test_recipes_without_a_recipes_folder_says_where_they_live(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TAPEKIT_RECIPES", str(tmp_path / "nowhere"))
+    assert cli.main(["recipes"]) == 2
+    err = capsys.readouterr().err
+    assert "tapekit recipes: error: No recipes folder at" in err
+    assert "pip install -e ." in err
+
+
+@pytest.mark.slow
+def test_run_passes_options_to_the_recipe_and_writes_its_logs(tmp_path):
+    logdir = tmp_path / "logs" / "first"
+    result = tapekit("run", "gradients", "--steps", "3", "--logdir", str(logdir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "tape.gradient(y, x)" in result.stdout
+    assert "after 3 steps" in result.stdout
+    assert list(logdir.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_run_help_is_the_recipe_help():
+    result = tapekit("run", "01", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: 01_gradients.py" in result.stdout
+    assert "--logdir" in result.stdout
+
+
+@pytest.mark.slow
+def test_run_unknown_recipe_lists_the_names():
+    result = tapekit("run", "no_such_recipe")
+    assert result.returncode == 2
+    assert "Unknown recipe 'no_such_recipe'" in result.stderr
+    for recipe in cli.list_recipes():
+        assert recipe.name in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_run_returns_the_recipe_status_and_quietens_tensorflow(tmp_path):
+    (tmp_path / "01_env.py").write_text(
+        '"""Prints its environment."""\nimport os, sys\n'
+        'print("level", os.environ.get("TF_CPP_MIN_LOG_LEVEL"), sys.argv[1:])\n'
+    )
+    (tmp_path / "02_fail.py").write_text('"""Fails."""\nraise SystemExit(3)\n')
+    env = {"TAPEKIT_RECIPES": str(tmp_path)}
+    ok = tapekit("run", "env", "--x", "1", **env)
+    assert ok.returncode == 0, ok.stderr
+    assert "level 2 ['--x', '1']" in ok.stdout
+    assert tapekit("run", "2", **env).returncode == 3
+
+
+def test_find_recipe_accepts_number_stem_topic_and_unique_prefix(tmp_path):
+    for name in ("01_alpha.py", "02_alps.py", "10_beta.py", "notes.py", "README.md"):
+        (tmp_path / name).write_text('"""Line one.\n\nMore."""\n')
+    recipes = cli.list_recipes(tmp_path)
+    assert [r.name for r in recipes] == ["01_alpha", "02_alps", "10_beta"]
+    assert recipes[0].description == "Line one."
+    for name, want in [("1", "01_alpha"), ("01", "01_alpha"), ("10", "10_beta"),
+                       ("02_alps", "02_alps"), ("alps.py", "02_alps"), ("ALPHA", "01_alpha"),
+                       ("bet", "10_beta"), ("02_alps.py", "02_alps")]:  # fmt: skip
+        assert cli.find_recipe(name, recipes).name == want
+    with pytest.raises(ValueError, match=r"'al' is ambiguous: it matches 01_alpha, 02_alps"):
+        cli.find_recipe("al", recipes)
+    with pytest.raises(ValueError, match=r"Unknown recipe '3'. Available recipes: 01_alpha, "):
+        cli.find_recipe("3", recipes)
+
+
+# --- tapekit inspect ---------------------------------------------------------------------------
+
+
+def test_summarize_reads_steps_last_best_and_warns(tmp_path):
+    _write_training_logs(tmp_path)
+    runs = {r.name: r for r in logs_inspect.summarize(tmp_path)}
+    assert sorted(runs) == ["train", "validation"]
+    train = runs["train"]
+    assert train.step_range == (0, 19)
+    loss = train.scalars["loss"]
+    assert loss.last == pytest.approx(0.1) and loss.best() == (pytest.approx(0.1), 19)
+    assert train.scalars["accuracy"].best() == (pytest.approx(0.9), 8)
+    assert train.scalars["learning_rate"].best() is None
+    assert train.scalars["epoch_loss"].best() == (pytest.approx(1.1), 19)
+    assert sorted(train.gradient_norms) == [
+        "broken/kernel",
+        "dense/kernel",
+        "stuck/bias",
+        "wild/kernel",
+    ]
+    assert train.other == {"histograms": 1}
+    text = "\n".join(train.warnings)
+    assert "gradient_norm/stuck/bias: vanishing" in text
+    assert "gradient_norm/wild/kernel: exploding" in text
+    assert "gradient_norm/broken/kernel: non-finite gradient norm (NaN/inf) from step 12" in text
+    assert "dense/kernel" not in text
+    assert runs["validation"].scalars["loss"].steps == [9, 19]
+    assert runs["validation"].warnings == []
+
+
+def test_summarize_keeps_the_latest_value_when_a_run_is_repeated(tmp_path):
+    for value in (5.0, 7.0):  # two runs into the same directory, same steps
+        writer = tf.summary.create_file_writer(str(tmp_path))
+        with writer.as_default():
+            for step in range(3):
+                tf.summary.scalar("loss", value + step, step=step)
+        writer.close()
+        time.sleep(0.01)
+    [run] = logs_inspect.summarize(tmp_path)
+    assert run.name == "." and run.event_files == 2
+    assert run.scalars["loss"].values == [7.0, 8.0, 9.0]
+
+
+@pytest.mark.slow
+def test_inspect_prints_a_report_per_run(tmp_path):
+    _write_training_logs(tmp_path / "mlp")
+    result = tapekit("inspect", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"^run mlp/train  \(steps 0\.\.19, 1 event file, ", out, re.M)
+    assert re.search(r"^run mlp/validation  \(steps 9\.\.19, ", out, re.M)
+    assert re.search(r"^  loss\s+0\.1\s+0\.1 \(min, step 19\)$", out, re.M)
+    assert re.search(r"^  accuracy\s+0\.9\s+0\.9 \(max, step 8\)$", out, re.M)
+    assert re.search(r"^  learning_rate\s+0\.1\s+-$", out, re.M)
+    assert re.search(r"^  dense/kernel\s+0\.9\d* -> 0\.3\d*\s+down 2\.\d+x$", out, re.M)
+    assert re.search(r"^  WARNING gradient_norm/stuck/bias: vanishing", out, re.M)
+    assert re.search(r"^  WARNING gradient_norm/wild/kernel: exploding, grew", out, re.M)
+    assert re.search(r"^  WARNING gradient_norm/broken/kernel: non-finite .* step 12", out, re.M)
+    assert "also: histograms (1)" in out
+
+
+def test_inspect_thresholds_are_options(tmp_path, capsys):
+    _write_training_logs(tmp_path)
+    assert cli.main(["inspect", str(tmp_path), "--vanishing", "0", "--exploding", "1e9"]) == 0
+    out = capsys.readouterr().out
+    assert "vanishing" not in out and "exploding" not in out
+    assert "non-finite" in out
+
+
+@pytest.mark.slow
+def test_inspect_errors_missing_and_empty(tmp_path):
+    missing = tapekit("inspect", str(tmp_path / "logs"))
+    assert missing.returncode == 2
+    assert "does not exist. Run a recipe first, e.g. `tapekit run 01`" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    empty = tapekit("inspect", str(tmp_path))
+    assert empty.returncode == 1
+    assert "No TensorBoard event files (events.out.tfevents.*) under" in empty.stderr
+
+
+def test_inspect_of_a_file_asks_for_the_directory(tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    assert cli.main(["inspect", str(tmp_path / "file.txt")]) == 2
+    assert "is a file; pass the directory that holds the logs" in capsys.readouterr().err
+
+
+def test_inspect_defaults_to_logs_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["inspect"]) == 2
+    assert "'logs' does not exist" in capsys.readouterr().err
+    _write_training_logs(tmp_path / "logs" / "run1")
+    assert cli.main(["inspect"]) == 0
+    assert "run run1/train" in capsys.readouterr().out
+
+
+def test_format_report_of_non_finite_values_is_plain_ascii():
+    series = logs_inspect.ScalarSeries("loss", [0, 1], [1.0, math.inf])
+    run = logs_inspect.RunSummary("r", Path("r"), 1, scalars={"loss": series})
+    text = logs_inspect.format_report([run])
+    assert "inf" in text and text.isascii()
+
+
+# --- tapekit board -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_board_missing_logdir_says_what_to_run_first(tmp_path):
+    result = tapekit("board", str(tmp_path / "nope"))
+    assert result.returncode == 2
+    assert "does not exist. Run a recipe first" in result.stderr
+
+
+@pytest.mark.slow
+def test_board_busy_port_is_a_clear_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = tapekit("board", str(tmp_path), "--port", str(port))
+    assert result.returncode == 2
+    assert "TensorBoard could not start" in result.stderr and "Try another --port" in result.stderr
+
+
+@pytest.mark.slow
+def test_board_serves_the_logdir_until_stopped(tmp_path):
+    _write_training_logs(tmp_path)
+    proc = subprocess.Popen(
+        [str(TAPEKIT), "board", str(tmp_path), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=_env(),
+    )
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"TensorBoard for .* at (http://127\.0\.0\.1:\d+/) \(press Ctrl\+C", line)
+        assert match, f"unexpected first line: {line!r}"
+        url = match[1]
+        deadline, runs, tags = time.monotonic() + 90, [], {}
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(url + "data/runs", timeout=10) as r:
+                runs = json.loads(r.read())
+            if {"train", "validation"} <= set(runs):
+                with urllib.request.urlopen(url + "data/plugin/scalars/tags", timeout=10) as r:
+                    tags = json.loads(r.read())
+                if "loss" in tags.get("train", {}):
+                    break
+            time.sleep(0.5)
+        assert {"train", "validation"} <= set(runs)
+        assert "gradient_norm/dense/kernel" in tags["train"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode is not None
