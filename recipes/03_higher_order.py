@@ -16,6 +16,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tapekit._quiet import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

@@ -189,6 +189,9 @@ def _missing_logdir(logdir: str) -> str:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ._quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # logs_inspect reads event files through TensorBoard, which loads TF
     from .logs_inspect import format_report, summarize
 
     logdir = args.logdir
@@ -212,6 +215,9 @@ def _cmd_board(args: argparse.Namespace) -> int:
     logdir = args.logdir
     if not Path(logdir).is_dir():
         raise _CommandError(_missing_logdir(logdir))
+    from ._quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # TensorBoard loads TF when it is installed
     from tensorboard import program
 
     board = program.TensorBoard()
