@@ -22,7 +22,8 @@ Nest = Any
 
 ArgNums = int | Sequence[int]
 
-_EagerTensor = type(tf.constant(0.0))
+_EagerTensor = tf.__internal__.EagerTensor  # not type(tf.constant(...)): importing must not
+# start TF's runtime (logical devices and MultiWorkerMirroredStrategy are set up after imports)
 
 
 def fn_name(fn: Callable) -> str:

@@ -23,6 +23,18 @@ except RuntimeError:  # already initialised (e.g. a plugin touched TF first); te
     pass
 
 
+@pytest.fixture(scope="session")
+def mirrored_strategy() -> tf.distribute.MirroredStrategy:
+    """The one MirroredStrategy over the 2 logical CPUs that every test shares.
+
+    A second MirroredStrategy over the same devices in one process reuses the collective keys of
+    the first and TensorFlow aborts with a shape mismatch, so tests must not create their own.
+    """
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs the 2 logical CPUs set up in conftest.py")
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A seeded NumPy generator, so every test sees the same random inputs."""

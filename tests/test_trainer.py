@@ -56,15 +56,6 @@ def _train(data=None, *, epochs=2, batch_size=16, fit_kw=None, **kw) -> tapekit.
     return trainer
 
 
-@pytest.fixture(scope="module")
-def mirrored() -> tf.distribute.MirroredStrategy:
-    """One MirroredStrategy per process: a second one over the same devices reuses collective
-    keys of the first and TensorFlow aborts with a shape mismatch (a TF limitation)."""
-    if len(tf.config.list_logical_devices("CPU")) < 2:
-        pytest.skip("needs the 2 logical CPUs set up in conftest.py")
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
 def _close(a: list[np.ndarray], b: list[np.ndarray], atol: float) -> None:
     assert len(a) == len(b)
     for u, v in zip(a, b):
@@ -221,10 +212,10 @@ def test_clipping_by_norm_and_value_match_a_hand_step():
 
 
 @pytest.mark.parametrize("kw", [{"clip_norm": 0.3, "accumulate_steps": 2}, {}])
-def test_mirrored_strategy_matches_one_device(kw, mirrored):
+def test_mirrored_strategy_matches_one_device(kw, mirrored_strategy):
     x, y = _data(70)  # uneven last batch: 6 examples over 2 replicas
     one = _train((x, y), epochs=2, metrics=["mae"], **kw)
-    two = _train((x, y), epochs=2, metrics=["mae"], strategy=mirrored, **kw)
+    two = _train((x, y), epochs=2, metrics=["mae"], strategy=mirrored_strategy, **kw)
     _close(one.get_weights(), two.get_weights(), 1e-5)
     one.step((x[:9], y[:9]))  # user-driven steps: the batch is split over the replicas
     two.step((x[:9], y[:9]))
@@ -235,9 +226,9 @@ def test_mirrored_strategy_matches_one_device(kw, mirrored):
     )
 
 
-def test_model_built_outside_the_strategy_scope_is_refused(mirrored):
+def test_model_built_outside_the_strategy_scope_is_refused(mirrored_strategy):
     with pytest.raises(ValueError, match=r"inside strategy.scope\(\).*factory"):
-        tapekit.Trainer(_mlp(), mse, strategy=mirrored, logdir=False)
+        tapekit.Trainer(_mlp(), mse, strategy=mirrored_strategy, logdir=False)
 
 
 # -- mixed precision -----------------------------------------------------------------------------

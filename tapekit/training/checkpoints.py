@@ -8,8 +8,13 @@ strategy and does not store a shuffle buffer the size of the data set in each ch
 
 Restoring tries the newest checkpoint first; if it is unreadable (truncated, missing files) it
 warns and falls back to the previous one, and raises :class:`CheckpointError` if none is
-readable. Only the chief writes to ``directory``; other workers write to a private temporary
-directory (see :func:`tapekit.training.data.writable_dir`).
+readable.
+
+Under a multi-worker strategy only the chief writes to ``directory``. Every worker must still
+take part in each save (reading the variables involves collectives), so the others save into a
+private temporary directory that is deleted right after. On resume every worker restores from
+``directory`` (so it must be storage all workers can read), and the workers check that they all
+restored the same checkpoint.
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
+import tempfile
 import warnings
 from typing import Any
 
 import tensorflow as tf
 
 from ..errors import TapekitError
-from .data import is_chief, writable_dir
+from .distribution import is_chief, is_multi_worker, replica_values, task_name
 
 __all__ = ["CheckpointError", "Checkpoints"]
 
@@ -67,48 +74,90 @@ class Checkpoints:
         keep: int = 3,
         strategy: tf.distribute.Strategy | None = None,
     ) -> None:
-        strategy = strategy or tf.distribute.get_strategy()
-        self.requested = os.fspath(directory)
-        self.is_chief = is_chief(strategy)
-        self.directory = writable_dir(directory, strategy, "checkpoints")
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.directory = os.fspath(directory)
+        self.is_chief = is_chief(self.strategy)
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.keep = keep
+        self.manager = self._open_manager()
+
+    def _new_manager(self, directory: str, keep: int) -> tf.train.CheckpointManager:
+        return tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep)
+
+    def _open_manager(self) -> tf.train.CheckpointManager | None:
         try:
-            self.manager = tf.train.CheckpointManager(
-                self.checkpoint, self.directory, max_to_keep=keep
-            )
+            return self._new_manager(self.directory, self.keep)
         except (tf.errors.OpError, ValueError):  # unreadable "checkpoint" state file
-            os.replace(
-                os.path.join(self.directory, "checkpoint"),
-                os.path.join(self.directory, "checkpoint.corrupt"),
-            )
-            warnings.warn(
-                f"The checkpoint state file in {self.directory} was unreadable; "
-                "moved it aside to checkpoint.corrupt and scanning for checkpoints.",
-                stacklevel=2,
-            )
-            self.manager = tf.train.CheckpointManager(
-                self.checkpoint, self.directory, max_to_keep=keep
-            )
+            if not self.is_chief:  # only the chief touches the directory; scan the files
+                return None
+        os.replace(
+            os.path.join(self.directory, "checkpoint"),
+            os.path.join(self.directory, "checkpoint.corrupt"),
+        )
+        warnings.warn(
+            f"The checkpoint state file in {self.directory} was unreadable; "
+            "moved it aside to checkpoint.corrupt and scanning for checkpoints.",
+            stacklevel=3,
+        )
+        return self._new_manager(self.directory, self.keep)
 
     def candidates(self) -> list[str]:
         """Checkpoint prefixes on disk, newest first (from the state file and the index files)."""
-        found = set(self.manager.checkpoints)
+        found = set(self.manager.checkpoints if self.manager is not None else ())
         for index in glob.glob(os.path.join(self.directory, "ckpt-*.index")):
             found.add(index[: -len(".index")])
         return sorted(found, key=_number, reverse=True)
 
+    def latest(self) -> str | None:
+        """The newest checkpoint on disk, or None."""
+        found = self.candidates()
+        return found[0] if found else None
+
     def save(self, step: int) -> str:
-        """Write a checkpoint numbered ``step``; returns its path (old ones beyond ``keep`` go)."""
-        return self.manager.save(checkpoint_number=step)
+        """Write a checkpoint numbered ``step``; returns its path (old ones beyond ``keep`` go).
+
+        Every worker of a cluster must call this at the same step; only the chief's copy is
+        kept, the path returned is where the chief wrote it.
+        """
+        if self.is_chief:
+            return self.manager.save(checkpoint_number=step)
+        name = task_name(self.strategy).replace(" ", "")
+        scratch = tempfile.mkdtemp(prefix=f"tapekit-checkpoint-{name}-")
+        try:
+            self._new_manager(scratch, 1).save(checkpoint_number=step)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return os.path.join(self.directory, f"ckpt-{step}")
 
     def restore_latest(self) -> str | None:
         """Restore the newest readable checkpoint; ``None`` if the directory holds none.
 
+        Under a multi-worker strategy every worker must call this at the same time.
+
         Raises:
-            CheckpointError: If checkpoints exist but none can be read, or they were written
-                for a different model/optimizer.
+            CheckpointError: If checkpoints exist but none can be read, they were written for a
+                different model/optimizer, or the workers of a cluster restored different
+                checkpoints.
         """
+        path = self._restore_newest()
+        if is_multi_worker(self.strategy):
+            self._check_workers_agree(path)
+        return path
+
+    def _check_workers_agree(self, path: str | None) -> None:
+        steps = sorted(set(replica_values(self.strategy, _number(path) if path else -1)))
+        if len(steps) > 1:
+            seen = ", ".join(f"ckpt-{s}" if s >= 0 else "none" for s in reversed(steps))
+            found = os.path.basename(path) if path else "no checkpoint"
+            raise CheckpointError(
+                "Every worker must resume from the same checkpoint, but the workers restored "
+                f"different ones ({seen}); this is {task_name(self.strategy)}, which found "
+                f"{found} in {self.directory}. Put checkpoint_dir on storage every worker reads "
+                "(a shared filesystem or gs://...) under the same path on every host, or delete "
+                "the checkpoints to start afresh."
+            )
+
+    def _restore_newest(self) -> str | None:
         candidates = self.candidates()
         errors = []
         for path in candidates:

@@ -91,12 +91,13 @@ def run_local_workers(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
     timeout: float = 300.0,
+    echo: int | None = None,
 ) -> list[WorkerResult]:
     """Run the same command as ``num_workers`` local processes forming one TF cluster.
 
     Each process gets its own ``TF_CONFIG`` (see ``local_tf_configs``) and the environment
     variable ``TAPEKIT_WORKER_INDEX``. When one worker fails, the others are stopped (a collective
-    would otherwise wait for it forever); on timeout, all are.
+    would otherwise wait for it forever); on timeout or interruption (Ctrl-C), all are.
 
     Args:
         argv: The command, e.g. ``[sys.executable, "train.py", "--epochs", "2"]``.
@@ -104,12 +105,14 @@ def run_local_workers(
         env: Extra environment variables for every worker.
         cwd: Working directory of the workers.
         timeout: Seconds to wait for all workers together.
+        echo: Index of a worker whose output is also copied to ``sys.stdout`` as it comes
+            (e.g. 0, the chief's progress lines); its Python output is then unbuffered.
 
     Returns:
         One ``WorkerResult`` per worker, in index order.
 
     Raises:
-        ValueError: If ``argv`` is empty or ``num_workers`` < 1.
+        ValueError: If ``argv`` is empty, ``num_workers`` < 1 or ``echo`` is no worker's index.
         TimeoutError: If the workers have not finished after ``timeout`` seconds (their output so
             far is in the message).
 
@@ -122,45 +125,68 @@ def run_local_workers(
     if not argv:
         raise ValueError("run_local_workers needs a command, e.g. [sys.executable, 'train.py'].")
     configs = local_tf_configs(num_workers)
-    procs, logs = [], []
-    for i, config in enumerate(configs):
-        log = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block a worker
-        worker_env = dict(os.environ, **(env or {}))
-        worker_env.update(TF_CONFIG=json.dumps(config), TAPEKIT_WORKER_INDEX=str(i))
-        procs.append(
-            subprocess.Popen(
-                list(argv), env=worker_env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
-            )
+    if echo is not None and echo not in range(num_workers):
+        raise ValueError(
+            f"run_local_workers: echo must be a worker index in 0..{num_workers - 1} or None, "
+            f"but received {echo!r}."
         )
-        logs.append(log)
-    deadline = time.monotonic() + timeout
+    procs, logs = [], []
     try:
-        while any(p.poll() is None for p in procs):
-            if any(p.returncode not in (None, 0) for p in procs):
-                break  # one failed: the rest would wait for it in a collective
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"run_local_workers: {num_workers} workers did not finish within {timeout:.0f}"
-                    f" s. Output so far:\n" + "\n".join(_read(log) for log in logs)
+        for i, config in enumerate(configs):
+            # A file, not a pipe: a full pipe would block a worker. Read through its own handle.
+            log = tempfile.NamedTemporaryFile(mode="w", prefix="tapekit-worker-", delete=False)
+            logs.append(log)
+            worker_env = dict(os.environ, **(env or {}))
+            worker_env.update(TF_CONFIG=json.dumps(config), TAPEKIT_WORKER_INDEX=str(i))
+            if i == echo:
+                worker_env["PYTHONUNBUFFERED"] = "1"
+            procs.append(
+                subprocess.Popen(
+                    list(argv), env=worker_env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
                 )
-            time.sleep(0.05)
+            )
+        shown = open(logs[echo].name, errors="replace") if echo is not None else None  # noqa: SIM115
+        deadline = time.monotonic() + timeout
+        try:
+            while [p.poll() for p in procs].count(None):  # poll every one (no short cut)
+                _copy(shown)
+                if any(p.returncode not in (None, 0) for p in procs):
+                    break  # one failed: the rest would wait for it in a collective
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"run_local_workers: {num_workers} workers did not finish within "
+                        f"{timeout:.0f} s. Output so far:\n" + "\n".join(_read(g) for g in logs)
+                    )
+                time.sleep(0.05)
+            _copy(shown)
+        finally:
+            if shown is not None:
+                shown.close()
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    results = [
-        WorkerResult(i, p.returncode, _read(log)) for i, (p, log) in enumerate(zip(procs, logs))
-    ]
-    for log in logs:
-        log.close()
-    return results
+        outputs = [_read(log) for log in logs]
+        for log in logs:
+            log.close()
+            os.unlink(log.name)
+    return [WorkerResult(i, p.returncode, out) for i, (p, out) in enumerate(zip(procs, outputs))]
+
+
+def _copy(stream: Any) -> None:
+    """Copy what a worker wrote since the last call to our stdout."""
+    if stream is not None:
+        text = stream.read()
+        if text:
+            sys.stdout.write(text)
+            sys.stdout.flush()
 
 
 def _read(log: Any) -> str:
     log.flush()
-    log.seek(0)
-    return log.read()
+    with open(log.name, errors="replace") as f:
+        return f.read()
 
 
 if __name__ == "__main__":  # pragma: no cover - a tiny manual check

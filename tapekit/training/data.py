@@ -4,30 +4,27 @@ The Trainer accepts a ``tf.data.Dataset`` or anything ``Dataset.from_tensor_slic
 (an array, a tuple/dict of arrays). Arrays are shuffled with a seeded, reshuffle-each-epoch
 buffer and batched *before* ``repeat()``, so each epoch is one pass with one partial last batch,
 and skipping ``n`` elements of the repeated stream reproduces any position exactly (that is how
-a resumed run finds its place). This module also holds the few facts about the strategy the rest
-of the package needs: the replica count, whether this process is the chief, and the directory a
-worker may write to.
+a resumed run finds its place). ``distribute`` hands the stream to the strategy: each global
+batch is split over the replicas (and, under ``MultiWorkerMirroredStrategy``, auto-sharded by
+data over the workers, every worker building the same seeded pipeline).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from ..errors import describe_received
+from .distribution import is_multi_worker
 
 __all__ = [
     "as_dataset",
     "distribute",
-    "is_chief",
     "leading_size",
     "relaxed_spec",
     "steps_per_epoch",
-    "writable_dir",
 ]
 
 
@@ -167,39 +164,11 @@ def leading_size(batch: Any) -> tf.Tensor:
 
 
 def distribute(dataset: tf.data.Dataset, strategy: tf.distribute.Strategy) -> Any:
-    """``strategy.experimental_distribute_dataset(dataset)``; the dataset itself on one replica."""
-    if strategy.num_replicas_in_sync == 1 and not _is_multi_worker(strategy):
+    """``strategy.experimental_distribute_dataset(dataset)``; the dataset itself on one replica.
+
+    Each element of ``dataset`` is a GLOBAL batch: the strategy splits it over the replicas
+    (a partial last batch too; a replica may get no example, which the step handles).
+    """
+    if strategy.num_replicas_in_sync == 1 and not is_multi_worker(strategy):
         return dataset
     return strategy.experimental_distribute_dataset(dataset)
-
-
-def _is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    return bool(resolver is not None and resolver.cluster_spec().as_dict())
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes checkpoints and summaries (the chief, or worker 0).
-
-    Example:
-        >>> is_chief(tf.distribute.get_strategy())
-        True
-    """
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return task_type == "worker" and task_id == 0 and not has_chief
-
-
-def writable_dir(path: str | os.PathLike, strategy: tf.distribute.Strategy, kind: str) -> str:
-    """Where this process writes ``kind`` ("checkpoints", "logs"): ``path`` for the chief, a
-    private temporary directory for other workers (collective saves need every worker to write).
-    """
-    if is_chief(strategy):
-        return os.fspath(path)
-    resolver = strategy.cluster_resolver
-    return tempfile.mkdtemp(prefix=f"tapekit-{kind}-{resolver.task_type}{resolver.task_id}-")

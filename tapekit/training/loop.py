@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from . import data as _data
 from .callbacks import CallbackList, History, ProgressPrinter
+from .distribution import is_chief
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -89,7 +90,8 @@ def run_fit(
     _, iterator = _stream(trainer, data, batch_size, shuffle)
 
     history = History()
-    cbs = [history, *trainer.callbacks] + ([ProgressPrinter(epochs)] if verbose else [])
+    printing = verbose and is_chief(trainer.strategy)  # one console for the whole cluster
+    cbs = [history, *trainer.callbacks] + ([ProgressPrinter(epochs)] if printing else [])
     callbacks = CallbackList(cbs, trainer)
     trainer.stop_training = False
     per_call = trainer.steps_per_execution or (1 if callbacks.has_step_hooks else AUTO_STEPS)

@@ -20,6 +20,7 @@ __all__ = [
     "build_model",
     "check_in_scope",
     "check_positive",
+    "tf_variable",
     "trainable_variables",
     "variable_names",
 ]
@@ -127,6 +128,17 @@ def variable_names(model: Any, variables: list[Any]) -> list[str]:
     return names
 
 
+def tf_variable(v: Any) -> tf.Variable:
+    """The ``tf.Variable`` behind a Keras variable (``.value``), or ``v`` itself.
+
+    Example:
+        >>> v = tf.Variable(1.0)
+        >>> tf_variable(v) is v, tf_variable(keras.Variable(1.0)).__class__.__name__
+        (True, 'ResourceVariable')
+    """
+    return v.value if isinstance(v, keras.Variable) else v
+
+
 def check_in_scope(
     variables: list[Any], optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy
 ) -> None:
@@ -134,9 +146,7 @@ def check_in_scope(
     if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
         return  # the default strategy: nothing to check
     outside = [
-        v
-        for v in variables
-        if not strategy.extended.variable_created_in_scope(getattr(v, "value", v))
+        v for v in variables if not strategy.extended.variable_created_in_scope(tf_variable(v))
     ]
     if outside:
         raise ValueError(

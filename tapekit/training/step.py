@@ -1,21 +1,29 @@
 """The compiled training and evaluation steps (one ``tf.function`` per input signature).
 
-One optimizer step, for any strategy (the default one included):
+One optimizer step, for any strategy (the default one, ``MirroredStrategy`` and
+``MultiWorkerMirroredStrategy`` alike):
 
 1. In each replica (``strategy.run``): for each of the ``accumulate`` micro-batches, call
    ``loss_fn``, weight the loss by the micro-batch's share of the GLOBAL number of examples in
    the step (``tf.nn.compute_average_loss`` semantics, so replicas and micro-batches add up to
    the mean over the whole step), scale it for float16 loss scaling, take the gradient and sum.
-2. Check that loss and gradient are finite (agreed by all replicas) and clip (global norm or
-   value, on the aggregated gradient: with clipping or gradient logging and several replicas
-   the gradient is all-reduced in step 1 and handed to the optimizer divided by the replica
-   count, because Keras' TF optimizers always sum over replicas themselves; without them the
-   local gradients go to the optimizer, which sums them once). Then, in cross-replica context,
-   ``tf.cond(finite, apply, fail_or_skip)``: ``apply`` runs ``optimizer.apply`` in each
-   replica and advances the counters and running means; ``fail`` records which variables were
-   non-finite and trips a ``tf.debugging.Assert`` that the host turns into
-   :class:`tapekit.NonFiniteError` (nothing is applied, no host round trip per step);
-   ``skip`` counts the step as skipped. The optional logging hook runs here too.
+2. Check that loss and gradient are finite and clip. Clipping needs the aggregated gradient, so
+   with ``clip_norm``/``clip_value`` and several replicas the gradient is all-reduced here,
+   clipped, and handed to the optimizer divided by the replica count: Keras 3's TF optimizers
+   always sum gradients over replicas themselves in ``apply`` (they have no switch to skip it,
+   and cannot be applied in cross-replica context), so the sum of the shares is the clipped
+   aggregate (exact for power-of-two replica counts). Without clipping the local gradients go
+   to the optimizer, which all-reduces them once. The reported loss and extras, the example
+   count and the per-replica "finite" flags are all-reduced in one small collective, so every
+   replica (and every worker) takes the same decision. Under float16 loss scaling the
+   ``LossScaleOptimizer`` decides from the gradient of ONE replica; a replica whose local
+   gradient overflowed makes every replica's gradient non-finite first, so all of them skip.
+3. In cross-replica context, ``tf.cond(finite, apply, fail_or_skip)``: ``apply`` runs
+   ``optimizer.apply`` in each replica and advances the counters and running means; ``fail``
+   records which variables were non-finite and trips a ``tf.debugging.Assert`` that the host
+   turns into :class:`tapekit.NonFiniteError` (nothing is applied, no host round trip per
+   step); ``skip`` counts the step as skipped. The optional logging hook runs here too; it gets
+   the aggregated, unscaled gradient, all-reduced only on the steps it logs.
 
 Steps run in a ``tf.range`` loop inside the function, ``steps_per_execution`` at a time, pulling
 batches from a (distributed) iterator whose element shapes have an unknown batch dimension: a
@@ -151,25 +159,36 @@ class CompiledSteps:
         return value * n if self.replicas == 1 else tf.where(n > 0, value * n, 0.0)
 
     def _aggregate(self) -> bool:
-        """Whether the full gradient is all-reduced in the replica step (see module doc)."""
-        return self.replicas > 1 and (
-            self.clip_norm is not None or self.clip_value is not None or self.hook is not None
-        )
+        """Whether the full gradient is all-reduced in the replica step (to clip it)."""
+        return self.replicas > 1 and (self.clip_norm is not None or self.clip_value is not None)
 
     def _replica_step(self, batches: list[Any]) -> tuple:
-        local_total = tf.add_n([leading_size(b) for b in batches])
         ctx = tf.distribute.get_replica_context()
+        local_total = tf.add_n([leading_size(b) for b in batches])
         total = ctx.all_reduce(_SUM, local_total) if self.replicas > 1 else local_total
         grads, sums, targets = self._compute(batches, total)
         for batch, target in zip(batches, targets):
             self.call.update_metrics(batch, target)
         if self._aggregate():
             grads = ctx.all_reduce(_SUM, grads)
+        local_ok = self._all_finite(grads) if self.loss_scaled else None
         grads, finite = self._check_and_clip(grads)
-        if self.replicas > 1 and not self._aggregate():  # every replica must agree to apply
-            bad = ctx.all_reduce(_SUM, 1.0 - tf.cast(finite, tf.float32))
-            finite = tf.equal(bad, 0.0)
-        return grads, sums, local_total, finite
+        if self.replicas > 1:  # one small collective: reported sums and the replicas' verdicts
+            ok = local_ok if local_ok is not None else finite
+            reduced = ctx.all_reduce(_SUM, {"sums": sums, "bad": 1.0 - tf.cast(ok, tf.float32)})
+            sums, agreed = reduced["sums"], tf.equal(reduced["bad"], 0.0)
+            if self.loss_scaled:
+                if not self._aggregate():  # see module doc: all replicas must skip together
+                    grads = tf.cond(
+                        agreed, lambda: grads, lambda: [g + float("nan") for g in grads]
+                    )
+            else:
+                finite = agreed
+        return grads, sums, total, finite
+
+    @staticmethod
+    def _all_finite(grads: list[tf.Tensor]) -> tf.Tensor:
+        return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
 
     def _check_and_clip(self, grads: list[tf.Tensor]) -> tuple:
         if self.loss_scaled:  # LossScaleOptimizer skips non-finite gradients itself
@@ -208,13 +227,21 @@ class CompiledSteps:
         self.state.record_nonfinite(tf.math.is_finite(loss_sum), tf.stack(full))
         return tf.constant(False)
 
+    def _logged_gradients(self, grads: Any) -> list[tf.Tensor]:
+        """The aggregated, unscaled gradient for the logging hook (called on logging steps)."""
+        if self.replicas > 1 and not self._aggregate():
+            grads = self.strategy.run(
+                lambda g: tf.distribute.get_replica_context().all_reduce(_SUM, g), args=(grads,)
+            )
+        grads = self._first(grads)
+        if self.loss_scaled:
+            grads = [g / self.optimizer.dynamic_scale for g in grads]
+        return grads
+
     def _one_step(self, batches: list[Any]) -> dict[str, tf.Tensor]:
-        grads, sums, local_total, grads_finite = self.strategy.run(
-            self._replica_step, args=(batches,)
-        )
-        sums = self.strategy.reduce(_SUM, sums, axis=None)
-        total = self.strategy.reduce(_SUM, local_total, axis=None)
-        finite = tf.logical_and(tf.math.is_finite(sums["loss"]), self._first(grads_finite))
+        grads, sums, total, finite = self.strategy.run(self._replica_step, args=(batches,))
+        sums, total, finite = self._first((sums, total, finite))  # equal in every replica
+        finite = tf.logical_and(tf.math.is_finite(sums["loss"]), finite)
 
         def advance() -> None:  # epoch_step and position are kept by the host (loop.py)
             self.state.step.assign_add(1)
@@ -236,8 +263,10 @@ class CompiledSteps:
             return tf.constant(False)
 
         means = {k: v / tf.maximum(total, 1.0) for k, v in sums.items()}
-        if self.hook is not None:
-            self.hook.train_step(self.state.step, means, self._first(grads), self.used)
+        if self.hook is not None:  # every worker runs it: its all-reduce is a collective
+            self.hook.train_step(
+                self.state.step, means, lambda: self._logged_gradients(grads), self.used
+            )
         tf.cond(finite, apply, fail if self.on_nonfinite == "raise" else skip)
         return means
 
@@ -262,6 +291,8 @@ class CompiledSteps:
         loss, extras, target = self.call(batch, training=False)
         self.call.update_metrics(batch, target)
         sums = {k: self._times(v, n) for k, v in {"loss": loss, **extras}.items()}
+        if self.replicas > 1:
+            sums, n = tf.distribute.get_replica_context().all_reduce(_SUM, (sums, n))
         return sums, n
 
     def _eval_loop(self, iterator: Any, num_steps: tf.Tensor) -> None:
@@ -271,10 +302,7 @@ class CompiledSteps:
     def _eval_steps(self, iterator: Any, num_steps: tf.Tensor) -> None:
         for _ in tf.range(num_steps):
             sums, n = self.strategy.run(self._replica_eval, args=(next(iterator),))
-            self.eval_means.add(
-                self.strategy.reduce(_SUM, sums, axis=None),
-                self.strategy.reduce(_SUM, n, axis=None),
-            )
+            self.eval_means.add(*self._first((sums, n)))
 
     # -- helpers for the Trainer -------------------------------------------------------------
 

@@ -14,7 +14,9 @@ What is written, under ``<logdir>/train`` and ``<logdir>/validation``:
 
 Writers are created lazily, flushed at every epoch end and at the end of ``fit``, and closed by
 ``Trainer.close()``, when ``fit`` raises, or when the Trainer is garbage-collected. Only the
-chief writes; other workers get disabled writers.
+chief writes: other workers of a multi-worker cluster get disabled writers and create no
+directory at all, but still run the logging steps' gradient all-reduce (a collective every
+worker must join).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
 
-from .data import is_chief, writable_dir
+from .distribution import is_chief
 
 __all__ = ["BoardHook", "choose_logdir"]
 
@@ -56,7 +58,8 @@ class BoardHook:
 
     Args:
         logdir: The run directory.
-        strategy: The distribution strategy (only the chief writes).
+        strategy: The distribution strategy (only the chief writes; other workers write
+            nothing and create no directory).
         log_every: Steps between per-step scalars and gradient norms.
         histogram_every: Steps between histograms (0 turns them off).
     """
@@ -72,13 +75,12 @@ class BoardHook:
         from ..board import GradientLogger, RunWriters
 
         self.logdir = os.fspath(logdir)
-        chief = is_chief(strategy)
-        self.writers = RunWriters(writable_dir(logdir, strategy, "logs"), enabled=chief)
+        self.writers = RunWriters(self.logdir, enabled=is_chief(strategy))
         self.log_every = int(log_every)
         self._gradient_logger_cls = GradientLogger
         self.histogram_every = int(histogram_every)
         self._gradients: Any = None
-        self.graph_written = False
+        self.graph_written = not self.writers.enabled  # nothing to write on other workers
         self.closed = False
         self._finalizer = weakref.finalize(self, self.writers.close)
 
@@ -90,10 +92,14 @@ class BoardHook:
         self,
         step: tf.Variable,
         values: Mapping[str, tf.Tensor],
-        grads: Sequence[tf.Tensor],
+        grads: Sequence[tf.Tensor] | Callable[[], Sequence[tf.Tensor]],
         variables: Sequence[Any],
     ) -> None:
-        """Called inside the compiled step (graph mode), in cross-replica context."""
+        """Called inside the compiled step (graph mode), in cross-replica context.
+
+        ``grads`` is the aggregated gradient or a function returning it; a function is called
+        only on steps that log gradients (under a strategy it all-reduces them).
+        """
         writer = self.writers.writer("train")
         if self._gradients is None:
             self._gradients = self._gradient_logger_cls(
@@ -111,7 +117,7 @@ class BoardHook:
                 with tf.summary.record_if(log_due):
                     for tag, value in values.items():
                         tf.summary.scalar(tag, value)
-            self._gradients(step, grads, variables)
+            self._gradients(step, grads() if callable(grads) else grads, variables)
             return tf.constant(True)
 
         with tf.name_scope(""):

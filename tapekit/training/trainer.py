@@ -26,6 +26,7 @@ from .model import (
     check_in_scope,
     check_positive,
     resolve_optimizer,
+    tf_variable,
     trainable_variables,
     variable_names,
 )
@@ -64,7 +65,9 @@ class Trainer:
         callbacks: Objects following the :class:`tapekit.Callback` protocol.
         seed: Seeds the data shuffle and ``trainer.rng``; for a model factory, also the global
             Keras/TF/NumPy seeds before it is called. Two runs with a seed are bitwise equal on CPU.
-        strategy: A ``tf.distribute.Strategy`` (default: the current one).
+        strategy: A ``tf.distribute.Strategy`` (default: the current one), e.g. Mirrored or
+            MultiWorkerMirrored. Batches are GLOBAL batches split over the replicas; only the
+            chief writes (see :mod:`tapekit.training.distribution`).
         logdir: TensorBoard run directory; None means ``logs/<name>-<time>`` (if
             ``tapekit.board`` is available), False disables logging.
         log_every: Steps between per-step scalars (loss, gradient norms); 10 by default keeps
@@ -229,7 +232,7 @@ class Trainer:
         if self.checkpoint_dir is not None:
             # Keras keeps some state (e.g. dropout seed generators) in variables that
             # tf.train.Checkpoint does not reach through the model; list them all explicitly.
-            every = [getattr(v, "value", v) for v in self.variables]
+            every = [tf_variable(v) for v in self.variables]
             objects = dict(
                 model=self.model,
                 model_variables=every,
@@ -263,7 +266,8 @@ class Trainer:
     def save_checkpoint(self) -> str:
         """Write a checkpoint now, e.g. from your own loop around :meth:`step`.
 
-        ``fit`` saves by itself (at epoch ends and every ``checkpoint_every`` steps).
+        ``fit`` saves by itself (at epoch ends and every ``checkpoint_every`` steps). Under a
+        multi-worker strategy every worker must call this; only the chief's copy is kept.
 
         Returns:
             The checkpoint's path prefix (``<checkpoint_dir>/ckpt-<step>``).
@@ -299,7 +303,7 @@ class Trainer:
                 raise
             saved = "no checkpoint_dir was set"
             if self._checkpoints is not None:
-                latest = self._checkpoints.manager.latest_checkpoint
+                latest = self._checkpoints.latest()
                 saved = f"the newest checkpoint on disk is {latest}" if latest else "none saved"
             raise self._steps.nonfinite_error(saved) from None
 
@@ -374,7 +378,7 @@ class Trainer:
             validation_data: Evaluated at each epoch end (values get a ``val_`` prefix).
             validation_batch_size: Batch size for array validation data (default batch_size).
             shuffle: Shuffle array data every epoch (seeded by ``seed``).
-            verbose: 0 prints nothing, 1 prints one line per epoch.
+            verbose: 0 prints nothing, 1 prints one line per epoch (on the chief only).
 
         Returns:
             A :class:`tapekit.History` with per-epoch values and the final step.
