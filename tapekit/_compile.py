@@ -9,11 +9,15 @@ computes the result from ``(fn, call)``. :func:`run` decides where the core runs
 - otherwise: through a ``tf.function`` cached per user function and transform options.
 
 Arguments are split into a hashable *spec* (nest structure, which leaves are differentiated,
-Python constants), the flat list of tensors, and *opaque* objects (variables and other objects
-passed to non-differentiated positions) that ``tf.function`` handles by its own rules. The spec
-is a static argument of the ``tf.function``, so TensorFlow traces once per spec and per
-shape/dtype signature of the tensors. Warm eager calls go straight to the cached concrete
-function. The cache holds the user function weakly where Python allows it.
+Python constants), the flat list of tensors, and *opaque* objects (variables, differentiated or
+not, and other objects passed to non-differentiated positions) that ``tf.function`` handles by its
+own rules. The spec is a static argument of the ``tf.function``, so TensorFlow traces once per
+spec and per shape/dtype signature of the tensors. Warm eager calls go straight to the cached
+concrete function. The cache holds the user function weakly where Python allows it (and keeps
+the last 64 of those it cannot reference weakly).
+
+As with ``tf.function``, Python values that the user function reads from its closure or
+attributes (not tensors or variables) are fixed when it is traced.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import collections
 import functools
 import inspect
 import types
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,7 +121,7 @@ def check_options(
 
 _STATIC = (str, bytes, int, float, complex, bool, type(None))
 _LEAF = ("x",)
-_EagerTensor = type(tf.constant(0.0))
+_EagerTensor = tf.__internal__.EagerTensor  # importing must not start TF's runtime
 
 
 def _encode(value: Any, flat: list, opaque: list, diff: bool) -> Any:
@@ -132,19 +137,34 @@ def _encode(value: Any, flat: list, opaque: list, diff: bool) -> Any:
         return ("n", type(value), tuple(_encode(v, flat, opaque, diff) for v in value))
     if isinstance(value, (list, tuple)):
         return ("l", type(value), tuple(_encode(v, flat, opaque, diff) for v in value))
-    if diff:  # a differentiated leaf: tensor, tf.Variable or Keras variable; pass its value
-        inner = getattr(value, "value", None)
-        if not isinstance(value, (tf.Tensor, tf.Variable)) and isinstance(inner, tf.Variable):
-            value = inner
+    if diff:  # a differentiated leaf: tensor, tf.Variable or Keras variable
+        variable = _variable(value)
+        if variable is not None:
+            # Passed as the tf.Variable itself (not its value), so that reads of it inside fn,
+            # also from fn's closure (e.g. a Keras model's own weights), reach the watched source.
+            opaque.append(variable)
+            return ("o",)
         flat.append(tf.convert_to_tensor(value))
         return _LEAF
     if isinstance(value, tf.Tensor) or isinstance(value, np.ndarray):
         flat.append(tf.convert_to_tensor(value))
         return _LEAF
     if isinstance(value, _STATIC):
+        if isinstance(value, np.generic):  # np.float64 (a float): tf.function would make it a
+            value = value.item()  # float64 tensor, which float32 ops reject; eager code accepts it
         return ("s", type(value), value)
     opaque.append(value)
     return ("o",)
+
+
+def _variable(value: Any) -> tf.Variable | None:
+    """The tf.Variable a differentiated leaf is (or wraps, for a Keras variable), else None."""
+    if isinstance(value, tf.Variable):
+        return value
+    if isinstance(value, tf.Tensor):
+        return None
+    inner = getattr(value, "value", None)
+    return inner if isinstance(inner, tf.Variable) else None
 
 
 def _decode(spec: Any, flat: Any, opaque: Any) -> Any:
@@ -174,7 +194,6 @@ def split(call: Call) -> tuple[Any, list[tf.Tensor], tuple]:
     flat: list[tf.Tensor] = []
     opaque: list[Any] = []
     diff = tuple(_encode(call.args[i], flat, opaque, True) for i in call.positions)
-    n_sources = len(flat)
     extra = tuple(_encode(v, flat, opaque, True) for v in call.extra)
     rest = tuple(
         (i, _encode(a, flat, opaque, False))
@@ -182,24 +201,26 @@ def split(call: Call) -> tuple[Any, list[tf.Tensor], tuple]:
         if i not in call.positions
     )
     kw = tuple((k, _encode(v, flat, opaque, False)) for k, v in sorted(call.kwargs.items()))
-    spec = (tuple(call.positions), len(call.args), n_sources, diff, extra, rest, kw)
+    spec = (tuple(call.positions), len(call.args), diff, extra, rest, kw)
     return spec, flat, tuple(opaque)
 
 
 def join(spec: Any, flat: tuple, opaque: tuple) -> Call:
     """Rebuild the :class:`Call` (inside the trace) from :func:`split`'s pieces."""
-    positions, nargs, n_sources, diff, extra_spec, rest, kw = spec
+    positions, nargs, diff, extra_spec, rest, kw = spec
     it, ot = iter(flat), iter(opaque)
     args: list[Any] = [None] * nargs
     structs = []
+    sources = []
     for i, s in zip(positions, diff):
         args[i] = _decode(s, it, ot)
-        structs.append((args[i], len(tf.nest.flatten(args[i]))))
+        leaves = tf.nest.flatten(args[i])
+        structs.append((args[i], len(leaves)))
+        sources.extend(v if (v := _variable(leaf)) is not None else leaf for leaf in leaves)
     extra = [_decode(s, it, ot) for s in extra_spec]
     for i, s in rest:
         args[i] = _decode(s, it, ot)
     kwargs = {k: _decode(s, it, ot) for k, s in kw}
-    sources = list(flat[:n_sources])
     return Call(args, kwargs, list(positions), sources, structs, tf.nest.flatten(extra))
 
 
@@ -248,25 +269,51 @@ class _Entry:
             return core(autographed(fn), join(spec, flat, opaque))
 
         body.__name__ = name
+        self.name = name
         self.function = tf.function(body, jit_compile=jit_compile, autograph=False)
         self.concrete: dict[Any, Any] = {}
+        self.warned = False
 
     def __call__(self, spec: Any, flat: list[tf.Tensor], opaque: tuple) -> Any:
         if opaque or not tf.executing_eagerly():
-            return self.function(spec, opaque, *flat)
+            out = self.function(spec, opaque, *flat)
+            self._check_retracing()
+            return out
         key = (spec, tuple((t.dtype, tuple(t.shape)) for t in flat))
         cf = self.concrete.get(key)
         if cf is None:
             cf = self.function.get_concrete_function(spec, opaque, *flat)
             self.concrete[key] = cf
+            self._check_retracing()
         call_flat = getattr(cf, "_call_flat", None)
         if call_flat is None:  # pragma: no cover - older/newer TF without the fast entry point
             return cf(*flat)
         return call_flat(flat, cf.captured_inputs)
 
+    def _check_retracing(self) -> None:
+        """Warn once when one transform of one function keeps being traced again."""
+        count = self.function.experimental_get_tracing_count()
+        if count > RETRACE_WARNING and not self.warned:
+            self.warned = True
+            warnings.warn(
+                f"tapekit: `{self.name}` was traced {count} times, once per new input signature "
+                f"(shapes, dtypes and the values of Python numbers/strings passed to "
+                f"non-differentiated arguments, which are constants of the trace). If a Python "
+                f"number changes from call to call, pass it as a tensor (tf.constant(t)); if "
+                f"shapes change, pass compile=False.",
+                RetracingWarning,
+                stacklevel=5,  # the user's call of the transformed function
+            )
 
+
+class RetracingWarning(UserWarning):
+    """A compiled transform of one function was traced more than ``RETRACE_WARNING`` times."""
+
+
+RETRACE_WARNING = 8
 _WEAK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_STRONG: dict[int, tuple[Any, dict]] = {}
+_STRONG: collections.OrderedDict[int, tuple[Any, dict]] = collections.OrderedDict()
+_STRONG_MAX = 64  # functions that cannot be weakly referenced: keep the most recent ones
 
 
 def _store(fn: Callable) -> tuple[dict, Callable[[], Any], Any]:
@@ -285,6 +332,9 @@ def _store(fn: Callable) -> tuple[dict, Callable[[], Any], Any]:
         owner_id = id(owner)
         if owner_id not in _STRONG:
             _STRONG[owner_id] = (owner, {})
+            while len(_STRONG) > _STRONG_MAX:
+                _STRONG.popitem(last=False)
+        _STRONG.move_to_end(owner_id)
         entries = _STRONG[owner_id][1]
     if ref is None:
         ref = lambda: fn  # noqa: E731
@@ -307,6 +357,8 @@ def run(
     if not jit_compile and not tf.executing_eagerly():
         return core(autographed(fn), call)  # already inside a graph being built: inline into it
     entries, ref, sub = _store(fn)
+    if not entries:  # a function object seen for the first time
+        _count_new_function(fn, transform)
     key = (sub, transform, options, jit_compile)
     entry = entries.get(key)
     if entry is None:
@@ -315,6 +367,27 @@ def run(
         entries[key] = entry
     spec, flat, opaque = split(call)
     return entry(spec, flat, opaque)
+
+
+_NEW_FUNCTIONS: dict[Any, int] = {}  # code object -> function objects compiled with that code
+
+
+def _count_new_function(fn: Callable, transform: str) -> None:
+    """Warn once when many function objects of the same code (a lambda in a loop) are compiled."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is None:
+        return
+    count = _NEW_FUNCTIONS[code] = _NEW_FUNCTIONS.get(code, 0) + 1
+    if count == RETRACE_WARNING + 1:
+        name = "lambda" if code.co_name == "<lambda>" else code.co_name
+        warnings.warn(
+            f"tapekit: {transform} was compiled for {count} different function objects made by "
+            f"the same code (`{name}` at {code.co_filename}:{code.co_firstlineno}), and each new "
+            f"one is traced again. Define the function (or the transformed function) once, "
+            f"outside the loop, or pass compile=False.",
+            RetracingWarning,
+            stacklevel=4,  # the user's call of the transformed function
+        )
 
 
 def tracing_count(fn: Callable) -> int:

@@ -42,6 +42,12 @@ CAUSES = {
         "call tape.watch(v) inside the `with` block, pass tapekit.Tape(watch=v), or leave "
         "watch_accessed_variables=True",
     ),
+    "variable_not_trainable": (
+        "the variable is not trainable (trainable=False), and a tape watches only trainable "
+        "variables by itself",
+        "call tape.watch(v) inside the `with` block or pass tapekit.Tape(watch=v); or create it "
+        "with trainable=True",
+    ),
     "variable_not_read": (
         "the variable was never read inside the tape's `with` block, so the tape has no record "
         "of it",
@@ -133,7 +139,10 @@ def causes(
             out.append((j, "integer_target", {"dtype": bad_target.dtype.name}))
             continue
         if isinstance(s, tf.Variable) and id(s) not in var_ids:
-            code = "unwatched_variable" if not watch_accessed else "variable_not_read"
+            if not watch_accessed:
+                code = "unwatched_variable"
+            else:
+                code = "variable_not_read" if s.trainable else "variable_not_trainable"
             out.append((j, code, {}))
             continue
         if not isinstance(s, tf.Variable) and id(s) not in watched:

@@ -25,6 +25,19 @@ def _dense(g: Any) -> Any:
     return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
 
 
+def zeros(leading: Any, source: Any, skip: int = 0) -> tf.Tensor:
+    """Zeros of shape ``leading + source.shape[skip:]`` and ``source``'s dtype.
+
+    ``leading`` is a tensor (its shape is used) or ``[]``; shapes known only at run time work.
+    """
+    lead = leading.shape if isinstance(leading, (tf.Tensor, tf.Variable)) else tf.TensorShape([])
+    shape = lead.concatenate(source.shape[skip:])
+    if shape.is_fully_defined():
+        return tf.zeros(shape, source.dtype)
+    parts = [tf.shape(leading)] if lead.rank else []
+    return tf.zeros(tf.concat(parts + [tf.shape(source)[skip:]], 0), source.dtype)
+
+
 def is_float(x: Any) -> bool:
     return x.dtype.is_floating or x.dtype.is_complex
 
@@ -115,6 +128,8 @@ class Nested:
                         output_gradients=output_gradients,
                         unconnected_gradients=_NONE,
                     )
+                    if active:  # densified where the outer tapes record it (for order >= 2)
+                        got = [None if g is None else _dense(g) for g in got]
             except LookupError as exc:
                 with self.recording(()):
                     op, hit = _diagnose.no_gradient_op(inner, targets, src, exc)
@@ -136,8 +151,9 @@ class Nested:
                 )
             raise self._error(method, labels, found, flat, True)
         if missing and mode == "zero":
-            for j in missing:
-                grads[j] = tf.zeros(src[j].shape, src[j].dtype)
+            with self.recording(()):
+                for j in missing:
+                    grads[j] = zeros([], src[j])
         return grads
 
     def next_order(
@@ -154,8 +170,9 @@ class Nested:
                     continue
                 src = _diagnose.tf_value(s)
                 try:
-                    # None here means a zero derivative: the previous one was connected.
-                    out.append(tape.gradient(_dense(g), src, unconnected_gradients=_ZERO))
+                    # None here means a zero derivative: the previous one was connected. The
+                    # result is densified where the outer tapes record it (for the next order).
+                    out.append(_dense(tape.gradient(g, src, unconnected_gradients=_ZERO)))
                 except LookupError as exc:
                     op, _ = _diagnose.no_gradient_op(tape, [_dense(g)], [src], exc)
                     found = [(j, "no_gradient_op", {"op": op})]

@@ -4,9 +4,12 @@ Both routes run one ``pfor`` (the vectorizer behind ``GradientTape.jacobian`` an
 ``tf.vectorized_map``) over the standard basis, so a Jacobian costs one batched backward (or
 forward) pass instead of one pass per row. ``chunk_size`` vectorizes that many basis vectors at
 a time in a sequential loop, bounding memory. When pfor cannot vectorize an op it falls back to
-a ``tf.while_loop``; that is detected and reported once per op type with a warning.
+a ``tf.while_loop`` (or, failing that, to a plain loop over the basis); that is detected and
+reported once per op type with a warning. Where TensorFlow cannot run a function in forward
+mode at all, :func:`forward_or_reverse` lets the callers use reverse mode instead.
 
-Ranks must be known; sizes may be known only at run time (e.g. after tf.unique).
+Ranks must be known; sizes may be known only at run time (e.g. after tf.unique, or a ``None``
+batch dimension in a ``tf.function`` signature).
 """
 
 from __future__ import annotations
@@ -24,7 +27,19 @@ from tensorflow.python.ops.parallel_for import control_flow_ops as _pfor_ops
 
 from ._args import fn_name
 
-__all__ = ["VectorizationWarning", "forward", "pack", "pack_columns", "pfor", "reverse"]
+__all__ = [
+    "VectorizationWarning",
+    "check_batch",
+    "dense",
+    "forward",
+    "forward_or_reverse",
+    "pack",
+    "pack_columns",
+    "pfor",
+    "reverse",
+    "same_batch",
+    "size",
+]
 
 _ZERO = tf.UnconnectedGradients.ZERO
 _warned: set[tuple[str, str]] = set()
@@ -54,34 +69,63 @@ def _quiet() -> Any:
 def pfor(
     loop_fn: Callable[[tf.Tensor], list[tf.Tensor]], iters: Any, chunk_size: int | None, what: str
 ) -> list[tf.Tensor]:
-    """``pfor(loop_fn, iters)`` for a loop_fn returning a flat list; warn once on fallback."""
+    """``pfor(loop_fn, iters)`` for a loop_fn returning a flat list; warn once on fallback.
+
+    When pfor cannot vectorize an op it runs those iterations in a ``tf.while_loop``; when it
+    cannot even do that (e.g. forward mode through a ``tf.cond``), every iteration runs one by
+    one in a plain loop. Either way the result is the same and a warning says so once.
+    """
     if chunk_size is not None and isinstance(iters, int) and chunk_size >= iters:
         chunk_size = None
     if chunk_size == 1:  # one basis vector at a time: a plain sequential loop
-        dtypes = [t.dtype for t in loop_fn(tf.constant(0))]
-        return _pfor_ops.for_loop(loop_fn, dtypes, iters, parallel_iterations=1)
+        return _loop(loop_fn, iters)
+    body_failed = []
+
+    def body(i: tf.Tensor) -> list[tf.Tensor]:
+        try:
+            return loop_fn(i)
+        except Exception:
+            body_failed.append(True)  # an error building the body itself: it would recur
+            raise
+
     try:
         with _quiet():
             return _pfor_ops.pfor(
-                loop_fn, iters, fallback_to_while_loop=False, parallel_iterations=chunk_size
+                body, iters, fallback_to_while_loop=False, parallel_iterations=chunk_size
             )
-    except ValueError as exc:
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        if body_failed:
+            raise
         strict_error = exc
-    out = _pfor_ops.pfor(
-        loop_fn, iters, fallback_to_while_loop=True, parallel_iterations=chunk_size
-    )
     match = re.search(r"No pfor vectorization defined for (\w+)", str(strict_error))
-    op = match.group(1) if match else "an op"
+    op = match.group(1) if match else ""
+    try:
+        if not op:  # not a missing rule: pfor's own while_loop fallback would not help
+            raise ValueError(str(strict_error))
+        with _quiet():
+            out = _pfor_ops.pfor(
+                loop_fn, iters, fallback_to_while_loop=True, parallel_iterations=chunk_size
+            )
+    except (ValueError, TypeError, NotImplementedError):
+        out = _loop(loop_fn, iters)  # if this fails too, its error (maybe fn's own) is raised
     if (what, op) not in _warned:  # the fallback worked: say once that it is slower
         _warned.add((what, op))
+        reason = str(strict_error).split(" (")[0].split("\n")[0][:80]
+        cannot = f"op `{op}`" if op else f"part of this computation ({reason})"
         warnings.warn(
-            f"{what}: TensorFlow cannot vectorize op `{op}`, so those iterations run one by one "
+            f"{what}: TensorFlow cannot vectorize {cannot}, so those iterations run one by one "
             f"in a tf.while_loop (slower, same result). Replace the op if speed matters, or pass "
             f"mode='fwd'/'rev' to try the other route. (This warning is shown once.)",
             VectorizationWarning,
             stacklevel=2,
         )
     return out
+
+
+def _loop(loop_fn: Callable[[tf.Tensor], list[tf.Tensor]], iters: Any) -> list[tf.Tensor]:
+    """One iteration after the other in a ``tf.while_loop`` (no vectorization)."""
+    dtypes = [t.dtype for t in loop_fn(tf.constant(0))]
+    return _pfor_ops.for_loop(loop_fn, dtypes, iters, parallel_iterations=1)
 
 
 Dim = Any  # a Python int where the size is static, else a scalar int32 tensor
@@ -160,7 +204,7 @@ def reverse(
 
     def loop_fn(i: tf.Tensor) -> list[tf.Tensor]:
         cots = [_basis(i, o, d, dt, batch) for o, d, dt in zip(offsets, t_dims, dtypes)]
-        return [_dense(g) for g in gradient(cots)]
+        return [dense(g) for g in gradient(cots)]
 
     if _is_zero(total) or any(_is_zero(_prod(d[skip:])) for d in s_dims):
         rows = [tf.zeros(_arg([total] + d), _src_dtype(s)) for d, s in zip(s_dims, sources)]
@@ -220,7 +264,7 @@ def forward(
     for cols_k in cols:
         od = _dims(cols_k, what)[1:]
         per_source = []
-        for o, sd in zip(offsets, s_dims):
+        for o, sd, dt in zip(offsets, s_dims, s_dtypes):
             block = cols_k[o : o + _prod(sd[skip:])]
             if batch:  # (n, B, *o_inner) -> (B, *o_inner, *s_inner)
                 block = tf.reshape(block, _arg(sd[1:] + od))
@@ -230,9 +274,25 @@ def forward(
                 block = tf.reshape(block, _arg(sd + od))
                 k, m = len(sd), len(od)
                 perm = list(range(k, k + m)) + list(range(k))
-            per_source.append(tf.transpose(block, perm) if perm != sorted(perm) else block)
+            block = tf.transpose(block, perm) if perm != sorted(perm) else block
+            # the dtype of the source, as reverse mode gives (they differ if fn casts)
+            per_source.append(tf.cast(block, dt) if block.dtype != dt else block)
         out.append(per_source)
     return out
+
+
+def forward_or_reverse(forward: Callable[[], Any], reverse: Callable[[], Any]) -> Any:
+    """``forward()``, or ``reverse()`` if TensorFlow cannot run the function in forward mode.
+
+    Forward mode fails for some ops and control flow (a ``tf.cond``, ``tf.map_fn`` or a
+    counted ``tf.while_loop`` under a tape inside a graph, ``tf.gather_nd``), where reverse
+    mode computes the same values. An error of the function itself is raised again by
+    ``reverse()``, so nothing is hidden.
+    """
+    try:
+        return forward()
+    except Exception:  # noqa: BLE001 - retried in reverse mode, which re-raises real errors
+        return reverse()
 
 
 def pack(struct: Any, leaves: list[Any]) -> Any:
@@ -260,9 +320,12 @@ def size(values: list[Any], batch: bool) -> int | None:
 
 
 def check_batch(inputs: list[Any], outputs: list[Any], fn: Callable) -> None:
-    """``ValueError`` unless all inputs and outputs share one static leading dimension."""
-    dims = {v.shape[0] if v.shape.rank else None for v in inputs + outputs}
-    if None in dims or len(dims) > 1:
+    """``ValueError`` unless all inputs and outputs share one leading dimension.
+
+    A leading dimension unknown until run time (``None`` in a ``tf.function`` signature) is
+    accepted; known ones must be equal.
+    """
+    if not same_batch(inputs + outputs):
         raise ValueError(
             f"batch_jacobian needs the differentiated inputs and the outputs of "
             f"`{fn_name(fn)}` to share one leading (batch) dimension, but received input "
@@ -272,7 +335,16 @@ def check_batch(inputs: list[Any], outputs: list[Any], fn: Callable) -> None:
         )
 
 
-def _dense(g: Any) -> Any:
+def same_batch(values: list[Any]) -> bool:
+    """Whether all ``values`` have rank >= 1 and compatible leading dimensions."""
+    if any(v.shape.rank == 0 for v in values):
+        return False
+    known = {v.shape[0] for v in values if v.shape.rank is not None and v.shape[0] is not None}
+    return len(known) <= 1
+
+
+def dense(g: Any) -> Any:
+    """``g`` as a dense tensor (gradients through ``tf.gather`` come as IndexedSlices)."""
     return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
 
 

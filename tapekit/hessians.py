@@ -23,53 +23,48 @@ __all__ = ["hessian", "hvp"]
 _ZERO = tf.UnconnectedGradients.ZERO
 
 
-def _dense(g: Any) -> Any:
-    return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-
-
 def _scalar(fn: Callable, call: _compile.Call, transform: str) -> tf.Tensor:
     value = _args.as_output_tensor(fn(*call.args, **call.kwargs), fn, transform)
     _args.check_scalar(value, fn, transform)
     return value
 
 
+def _gradient(fn: Callable, call: _compile.Call, what: str) -> list[tf.Tensor]:
+    """The dense gradient of scalar ``fn`` w.r.t. ``call.sources`` (recorded by enclosing tapes)."""
+    with tf.GradientTape(watch_accessed_variables=False) as inner:
+        inner.watch(call.sources)
+        value = _scalar(fn, call, what)
+    grads = inner.gradient(value, call.sources, unconnected_gradients=_ZERO)
+    return [_vectorize.dense(g) for g in grads]
+
+
 def _hessian_core(single: bool, mode: str, chunk_size: int | None) -> Callable:
     def core(fn: Callable, call: _compile.Call) -> Any:
         sources = call.sources
-        if mode == "fwd":
 
+        def forward() -> list[list[tf.Tensor]]:
             def jvp(tangents: list[tf.Tensor]) -> list[tf.Tensor]:
                 with tf.autodiff.ForwardAccumulator(sources, tangents) as acc:
-                    with tf.GradientTape(watch_accessed_variables=False) as tape:
-                        tape.watch(sources)
-                        value = _scalar(fn, call, "hessian")
-                    grads = tape.gradient(value, sources, unconnected_gradients=_ZERO)
-                    grads = [_dense(g) for g in grads]
-                return [acc.jvp(g, unconnected_gradients=_ZERO) for g in grads]
+                    grads = _gradient(fn, call, "hessian")
+                return [_vectorize.dense(acc.jvp(g, unconnected_gradients=_ZERO)) for g in grads]
 
-            blocks = _vectorize.forward(
-                jvp,
-                sources,
-                [tf.convert_to_tensor(s) for s in sources],
-                chunk_size=chunk_size,
-                what="hessian",
-            )
-        else:
+            outputs = [tf.convert_to_tensor(s) for s in sources]
+            return _vectorize.forward(jvp, sources, outputs, chunk_size=chunk_size, what="hessian")
+
+        def reverse() -> list[list[tf.Tensor]]:
             outer = tf.GradientTape(persistent=True, watch_accessed_variables=False)
             with outer:
                 outer.watch(sources)
-                with tf.GradientTape(watch_accessed_variables=False) as inner:
-                    inner.watch(sources)
-                    value = _scalar(fn, call, "hessian")
-                grads = inner.gradient(value, sources, unconnected_gradients=_ZERO)
-                grads = [_dense(g) for g in grads]
+                grads = _gradient(fn, call, "hessian")
 
             def vjp(cotangents: list[tf.Tensor]) -> list[Any]:
                 return outer.gradient(
                     grads, sources, output_gradients=cotangents, unconnected_gradients=_ZERO
                 )
 
-            blocks = _vectorize.reverse(vjp, grads, sources, chunk_size=chunk_size, what="hessian")
+            return _vectorize.reverse(vjp, grads, sources, chunk_size=chunk_size, what="hessian")
+
+        blocks = _vectorize.forward_or_reverse(forward, reverse) if mode == "fwd" else reverse()
         rows = [_vectorize.pack_columns(row, call.structs, single) for row in blocks]
         return _vectorize.pack_columns(rows, call.structs, single)
 
@@ -92,10 +87,13 @@ def hessian(
         argnums: Which positional argument(s) to differentiate: an int, or a tuple of ints.
             Differentiated arguments may be numbers, arrays, tensors, variables or nests.
         mode: How the gradient is differentiated again: ``"rev"`` (reverse-over-reverse),
-            ``"fwd"`` (forward-over-reverse) or ``"auto"`` (currently ``"rev"``, the faster of
-            the two on CPU). Both give the same matrix up to rounding.
+            ``"fwd"`` (forward-over-reverse, or reverse where TensorFlow cannot run forward
+            mode) or ``"auto"`` (currently ``"rev"``, the faster of the two on CPU). Both give
+            the same matrix up to rounding.
         compile: Run in a ``tf.function`` cached per ``fn``, options and input shapes/dtypes
-            (default). ``False`` runs ``fn`` eagerly.
+            (default). ``False`` runs ``fn`` eagerly. As with ``tf.function``, Python values
+            ``fn`` reads from its closure or attributes are fixed when it is traced (tensors
+            and variables are read at each call); pass changing numbers as arguments.
         jit_compile: Compile with XLA as well.
         chunk_size: Compute at most this many rows at once (bounds memory for large inputs).
 
@@ -141,12 +139,21 @@ def hessian(
 
 def _hvp_core(fn: Callable, call: _compile.Call) -> tuple[Any, ...]:
     sources, tangents = call.sources, call.extra
-    with tf.autodiff.ForwardAccumulator(sources, tangents) as acc:
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(sources)
-            value = _scalar(fn, call, "hvp")
-        grads = [_dense(g) for g in tape.gradient(value, sources, unconnected_gradients=_ZERO)]
-    products = [acc.jvp(g, unconnected_gradients=_ZERO) for g in grads]
+
+    def forward() -> list[tf.Tensor]:
+        with tf.autodiff.ForwardAccumulator(sources, tangents) as acc:
+            grads = _gradient(fn, call, "hvp")
+        return [acc.jvp(g, unconnected_gradients=_ZERO) for g in grads]
+
+    def reverse() -> list[Any]:  # d/dx <grad f(x), v>: also never forms H
+        with tf.GradientTape(watch_accessed_variables=False) as outer:
+            outer.watch(sources)
+            grads = _gradient(fn, call, "hvp")
+        return outer.gradient(
+            grads, sources, output_gradients=tangents, unconnected_gradients=_ZERO
+        )
+
+    products = [_vectorize.dense(p) for p in _vectorize.forward_or_reverse(forward, reverse)]
     return _vectorize.pack_columns(products, call.structs, single=False)
 
 
@@ -162,7 +169,10 @@ def hvp(
 
     One forward-over-reverse pass: the gradient is recorded on a ``tf.GradientTape`` inside a
     ``tf.autodiff.ForwardAccumulator`` carrying ``tangents``. It costs a small multiple of one
-    gradient, whatever the size of the input. Compiled and cached like :func:`hessian`.
+    gradient, whatever the size of the input. Where TensorFlow cannot run forward mode over the
+    gradient (e.g. ``tf.cond`` or ``tf.map_fn`` inside a ``tf.function``), the same product is
+    computed reverse-over-reverse, as the gradient of ``<grad fn, v>``; H is never formed.
+    Compiled and cached like :func:`hessian`.
 
     Args:
         fn: A function of ``len(primals)`` positional arguments returning a scalar float tensor.

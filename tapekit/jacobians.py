@@ -207,8 +207,7 @@ def _jacobian_core(single: bool, mode: str, chunk_size: int | None, batch: bool)
         def outputs(out: Any) -> list[tf.Tensor]:
             return [_args.as_output_tensor(o, fn, transform) for o in tf.nest.flatten(out)]
 
-        use_fwd = mode == "fwd"
-        if mode != "fwd":
+        def record() -> tuple[tf.GradientTape, Any, list[tf.Tensor]]:
             tape = tf.GradientTape(persistent=True, watch_accessed_variables=False)
             with tape:
                 tape.watch(call.sources)
@@ -216,40 +215,52 @@ def _jacobian_core(single: bool, mode: str, chunk_size: int | None, batch: bool)
             flat_out = outputs(out)
             if batch:
                 _vectorize.check_batch(call.sources, flat_out, fn)
-            n_in, n_out = _vectorize.size(call.sources, batch), _vectorize.size(flat_out, batch)
-            use_fwd = mode == "auto" and None not in (n_in, n_out) and n_in < n_out
-        if use_fwd:
-            seen: list[Any] = []
+            return tape, out, flat_out
 
-            def jvp(tangents: list[tf.Tensor]) -> list[tf.Tensor]:
-                with tf.autodiff.ForwardAccumulator(call.sources, tangents) as acc:
-                    result = fn(*call.args, **call.kwargs)
-                seen.append(result)
-                return [acc.jvp(o, unconnected_gradients=_ZERO) for o in outputs(result)]
-
-            if _vectorize.size(call.sources, batch) == 0:
-                seen.append(fn(*call.args, **call.kwargs))
-            blocks = _vectorize.forward(
-                jvp,
-                call.sources,
-                outputs(seen[0]) if seen else None,
-                batch=batch,
-                chunk_size=chunk_size,
-                what=transform,
-            )
-            out = seen[0]
-            if batch and mode == "fwd":
-                _vectorize.check_batch(call.sources, outputs(out), fn)
-        else:
+        def reverse(recorded: tuple) -> tuple[Any, list]:
+            tape, out, flat_out = recorded
 
             def vjp(cotangents: list[tf.Tensor]) -> list[Any]:
                 return tape.gradient(
                     flat_out, call.sources, output_gradients=cotangents, unconnected_gradients=_ZERO
                 )
 
-            blocks = _vectorize.reverse(
+            return out, _vectorize.reverse(
                 vjp, flat_out, call.sources, batch=batch, chunk_size=chunk_size, what=transform
             )
+
+        def forward() -> tuple[Any, list]:
+            seen: list[Any] = []
+
+            def jvp(tangents: list[tf.Tensor]) -> list[tf.Tensor]:
+                with tf.autodiff.ForwardAccumulator(call.sources, tangents) as acc:
+                    result = fn(*call.args, **call.kwargs)
+                seen.append(result)
+                jvps = [acc.jvp(o, unconnected_gradients=_ZERO) for o in outputs(result)]
+                return [_vectorize.dense(t) for t in jvps]
+
+            if _vectorize.size(call.sources, batch) == 0:
+                seen.append(fn(*call.args, **call.kwargs))
+            first = outputs(seen[0]) if seen else None
+            blocks = _vectorize.forward(
+                jvp, call.sources, first, batch=batch, chunk_size=chunk_size, what=transform
+            )
+            if batch:
+                _vectorize.check_batch(call.sources, outputs(seen[0]), fn)
+            return seen[0], blocks
+
+        recorded = None if mode == "fwd" else record()
+        use_fwd = mode == "fwd"
+        if mode == "auto":
+            n_in = _vectorize.size(call.sources, batch)
+            n_out = _vectorize.size(recorded[2], batch)
+            use_fwd = None not in (n_in, n_out) and n_in < n_out
+        if use_fwd:  # reverse mode where TensorFlow cannot run this fn in forward mode
+            out, blocks = _vectorize.forward_or_reverse(
+                forward, lambda: reverse(recorded or record())
+            )
+        else:
+            out, blocks = reverse(recorded)
         rows = [_vectorize.pack_columns(row, call.structs, single) for row in blocks]
         return tf.nest.pack_sequence_as(out, rows)
 
@@ -310,8 +321,11 @@ def jacobian(
             Differentiated arguments may be numbers, arrays, tensors, variables or nests.
         mode: ``"rev"`` (vector-Jacobian products, best when the output is smaller than the
             input), ``"fwd"`` (Jacobian-vector products, best for few inputs) or ``"auto"``,
-            which picks forward mode when the input has fewer elements than the output.
-        compile: Run in a cached ``tf.function`` (default). ``False`` runs ``fn`` eagerly.
+            which picks forward mode when the input has fewer elements than the output. Where
+            TensorFlow cannot run ``fn`` in forward mode (e.g. ``tf.map_fn``), reverse is used.
+        compile: Run in a cached ``tf.function`` (default). ``False`` runs ``fn`` eagerly. As
+            with ``tf.function``, Python values ``fn`` reads from its closure or attributes are
+            fixed when it is traced (tensors and variables are read at each call).
         jit_compile: Compile with XLA as well.
         chunk_size: Compute at most this many rows/columns at once (bounds memory for large
             Jacobians); ``None`` computes them all at once.

@@ -219,6 +219,7 @@ class Tape:
             )
         mode = self._check_unconnected(unconnected, "gradient")
         flat, labels = _leaves(sources, "Tape.gradient", "sources")
+        _leaves(target, "Tape.gradient", "target")
         k = self._order
         active = range(k - order, k - 1)  # the tapes that differentiate this gradient again
         grads = stack.first_order(
@@ -300,19 +301,22 @@ class Tape:
         ):
             raise ValueError(f"Tape.{name} needs chunk_size None or an int >= 1, got {chunk!r}.")
         flat, labels = _leaves(sources, f"Tape.{name}", "sources")
+        t_flat, t_labels = _leaves(target, f"Tape.{name}", "target")
         src = [_diagnose.tf_value(s) for s in flat]
-        targets = [_diagnose.tf_value(t) for t in tf.nest.flatten(target)]
+        targets = [_diagnose.tf_value(t) for t in t_flat]
+        if batch and not _vectorize.same_batch(targets + src):
+            raise ValueError(
+                f"Tape.batch_jacobian needs the target(s) and source(s) to share one leading "
+                f"(batch) dimension, but their shapes are "
+                f"{[tuple(v.shape) for v in targets + src]}. Use Tape.jacobian instead."
+            )
         first = "raise" if mode == "raise" else "none"  # missing blocks are filled in below
-        grads = stack.first_order(f"Tape.{name}", target, flat, labels, first, None, ())
-        if batch:
-            dims = {int(v.shape[0]) if v.shape.rank else None for v in targets + src}
-            if None in dims or len(dims) > 1:
-                raise ValueError(
-                    f"Tape.batch_jacobian needs the target(s) and source(s) to share one leading "
-                    f"(batch) dimension, but their shapes are "
-                    f"{[tuple(v.shape) for v in targets + src]}. Use Tape.jacobian instead."
-                )
-        live = [j for j, g in enumerate(grads) if g is not None]
+        connected = []  # per target leaf: which sources it depends on (each block on its own)
+        for t, t_label in zip(t_flat, t_labels):
+            method = f"Tape.{name}" if len(t_flat) == 1 else f"Tape.{name} of {t_label}"
+            grads = stack.first_order(method, t, flat, labels, first, None, ())
+            connected.append([g is not None for g in grads])
+        live = [j for j in range(len(src)) if any(c[j] for c in connected)]
         inner = stack.tapes[-1]
 
         def vjp(cotangents: list[tf.Tensor]) -> list[Any]:
@@ -336,16 +340,15 @@ class Tape:
                 if live
                 else [[] for _ in targets]
             )
-        rows = []
-        for t, row in zip(targets, blocks):
-            full: list[Any] = [None] * len(src)
-            for j, b in zip(live, row):
-                full[j] = b
-            for j in range(len(src)):
-                if full[j] is None and mode == "zero":
-                    s_shape = src[j].shape[1:] if batch else src[j].shape
-                    full[j] = tf.zeros(t.shape.concatenate(s_shape), src[j].dtype)
-            rows.append(tf.nest.pack_sequence_as(sources, full))
+            rows = []
+            for t, row, links in zip(targets, blocks, connected):
+                full: list[Any] = [None] * len(src)
+                for j, b in zip(live, row):
+                    full[j] = b if links[j] else None
+                for j in range(len(src)):
+                    if full[j] is None and mode == "zero":
+                        full[j] = _nested.zeros(t, src[j], skip=1 if batch else 0)
+                rows.append(tf.nest.pack_sequence_as(sources, full))
         self._after_use()
         return tf.nest.pack_sequence_as(target, rows)
 
