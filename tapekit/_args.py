@@ -134,6 +134,12 @@ def _leaf_to_tensor(x: Any, where: Where, path: str, transform: str) -> tuple[An
             f"{describe_received(x)}. Pass a float value there, or move it out of argnums/wrt."
         )
     name = getattr(dtype, "name", str(dtype))
+    if getattr(dtype, "is_complex", False):
+        raise TypeError(
+            f"{transform} differentiates real floating-point values, but "
+            f"{_where_text(where, path)} is complex ({describe_received(x)}). Differentiate the "
+            f"real and imaginary parts as two float arguments (tf.math.real / tf.math.imag)."
+        )
     raise TypeError(
         f"{transform} needs floating-point inputs at differentiated positions, but "
         f"{_where_text(where, path)} has "
@@ -254,12 +260,9 @@ def _sort_key(k: Any) -> Any:
 
 def as_output_tensor(value: Any, fn: Callable, transform: str) -> tf.Tensor:
     """Convert what ``fn`` returned into a float tensor, or raise a clear error."""
+    aux_hint = transform in ("grad", "value_and_grad")
     if isinstance(value, (list, tuple, dict)):
-        hint = (
-            " If it returns (value, aux), pass has_aux=True."
-            if transform in ("grad", "value_and_grad")
-            else ""
-        )
+        hint = " If it returns (value, aux), pass has_aux=True." if aux_hint else ""
         raise TypeError(
             f"{transform} needs `{fn_name(fn)}` to return one tensor, but it returned a "
             f"{type(value).__name__} of {len(value)} items.{hint} Otherwise return a single "
@@ -271,8 +274,12 @@ def as_output_tensor(value: Any, fn: Callable, transform: str) -> tf.Tensor:
         except (TypeError, ValueError) as exc:
             raise TypeError(
                 f"{transform}: `{fn_name(fn)}` must return a tensor (or a number), but returned "
-                f"{describe_received(value)}. If it returns several values, use has_aux=True and "
-                f"return (value, aux)."
+                f"{describe_received(value)}."
+                + (
+                    " If it returns several values, use has_aux=True and return (value, aux)."
+                    if aux_hint and value is not None
+                    else " Did it forget a `return`?"
+                )
             ) from exc
     if not value.dtype.is_floating:
         raise TypeError(
