@@ -25,11 +25,18 @@ class DisconnectedGradientError(TapekitError, ValueError):
 
     # AutoGraph re-creates errors raised inside tf.function as ``type(e)(message)`` only when
     # ``__init__ is Exception.__init__`` (otherwise it raises a StagingError instead), so the
-    # extra ``sources`` argument is taken in ``__new__`` and the message is args[0].
+    # extra ``sources`` argument is taken in ``__new__`` and the message is args[0]. The
+    # re-created message embeds the original one, which finds the original's sources again.
     __init__ = Exception.__init__
+    _recent: list[tuple[str, list[tuple[str, str]]]] = []
 
     def __new__(cls, message: str = "", sources: list[tuple[str, str]] | None = None):
         self = super().__new__(cls, message)
+        if sources is None:  # AutoGraph indents the original lines: compare words only
+            text = " ".join(str(message).split())
+            sources = next((s for m, s in reversed(cls._recent) if m and m in text), None)
+        else:
+            cls._recent = [*cls._recent[-7:], (" ".join(str(message).split()), list(sources))]
         self.sources = list(sources or [])
         return self
 

@@ -306,3 +306,16 @@ def test_tape_gradient_matches_tapekit_hessian_route(rng):
         tape.gradient(y, x, order=2), tapekit.hessian(f)(x).numpy().sum(axis=0), rtol=1e-12
     )
     tape.release()
+
+
+def test_disconnected_error_keeps_its_sources_when_raised_inside_tf_function():
+    @tf.function
+    def step(x):
+        with tapekit.Tape() as tape:
+            y = tf.constant(2.0) * 3.0  # never touches x
+        return tape.gradient(y, {"x": x})
+
+    with pytest.raises(tapekit.DisconnectedGradientError) as info:
+        step(tf.constant(1.0))
+    assert info.value.sources and info.value.sources[0][0] == "sources['x']"
+    assert "sources['x']" in str(info.value)
