@@ -216,6 +216,38 @@ def _distinct(t: tf.Tensor, seen: set[int] | None) -> tf.Tensor:
     return t
 
 
+def prepare_all(
+    values: Sequence[Nest], wheres: Sequence[Where], transform: str
+) -> tuple[list[Nest], list[Any], list[tuple[Nest, int]]]:
+    """``prepare`` for all differentiated values of one call (they share ``seen``).
+
+    Returns ``(values to pass to fn, flat list of values to watch, [(value, leaf count)])``;
+    the last is what ``unflatten`` needs to turn per-leaf results back into nests.
+    """
+    seen: set[int] = set()
+    call_values: list[Nest] = []
+    sources: list[Any] = []
+    structs: list[tuple[Nest, int]] = []
+    for value, where in zip(values, wheres):
+        call_value, watched = prepare(value, where, transform, seen)
+        call_values.append(call_value)
+        sources.extend(watched)
+        structs.append((call_value, len(watched)))
+    return call_values, sources, structs
+
+
+def unflatten(flat: Sequence[Any], structs: Sequence[tuple[Nest, int]]) -> list[Any]:
+    """Per-leaf results (in ``sources`` order) -> one nest per prepared value; a lone leaf
+    stays itself."""
+    out, start = [], 0
+    for struct, n in structs:
+        leaves = list(flat[start : start + n])
+        start += n
+        nested = isinstance(struct, (dict, list, tuple))
+        out.append(tf.nest.pack_sequence_as(struct, leaves) if nested else leaves[0])
+    return out
+
+
 class _Pair(tuple):
     """(value passed to fn, value watched) for one leaf; its own type so nests may hold tuples."""
 

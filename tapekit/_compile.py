@@ -73,20 +73,11 @@ def make_call(
             f"argument once, e.g. argnums=(0, 1)."
         )
     args_list = list(args)
-    sources: list[Any] = []
-    structs: list[tuple[Any, int]] = []
-    seen: set[int] = set()  # one tensor at two positions gets a copy: one derivative per position
-    for i in positions:
-        value = args_list[i]
-        if type(value) is _EagerTensor and value.dtype.is_floating and id(value) not in seen:
-            watched = [value]  # the common case, fast
-            seen.add(id(value))
-        else:
-            where = functools.partial(_args.describe_arg, fn, i)  # only formatted on error
-            value, watched = _args.prepare(value, where, transform, seen)
+    # a tensor at two positions gets a copy: one derivative per position (see _args.prepare)
+    wheres = [functools.partial(_args.describe_arg, fn, i) for i in positions]
+    values, sources, structs = _args.prepare_all([args[i] for i in positions], wheres, transform)
+    for i, value in zip(positions, values):
         args_list[i] = value
-        structs.append((value, len(watched)))
-        sources.extend(watched)
     return Call(args_list, kwargs, positions, sources, structs)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops.parallel_for import control_flow_ops as _pfor_ops
 
+from . import _args
 from ._args import fn_name
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
     "dense",
     "forward",
     "forward_or_reverse",
-    "pack",
     "pack_columns",
     "pfor",
     "reverse",
@@ -295,19 +295,9 @@ def forward_or_reverse(forward: Callable[[], Any], reverse: Callable[[], Any]) -
         return reverse()
 
 
-def pack(struct: Any, leaves: list[Any]) -> Any:
-    """Put per-leaf results back into the nest ``struct`` (a lone leaf stays itself)."""
-    if isinstance(struct, (dict, list, tuple)):
-        return tf.nest.pack_sequence_as(struct, leaves)
-    return leaves[0]
-
-
 def pack_columns(row: list[Any], structs: list[tuple[Any, int]], single: bool) -> Any:
     """One result leaf per source leaf -> the argument nests (a tuple of them for tuple argnums)."""
-    per_arg, start = [], 0
-    for struct, n in structs:
-        per_arg.append(pack(struct, row[start : start + n]))
-        start += n
+    per_arg = _args.unflatten(row, structs)
     return per_arg[0] if single else tuple(per_arg)
 
 

@@ -160,13 +160,8 @@ def vjp(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
         [4.0, 3.0]
     """
     _args.check_callable(fn, "vjp")
-    call_args, structs, sources = [], [], []
-    seen: set[int] = set()
-    for i, p in enumerate(primals):
-        call_value, watched = _args.prepare(p, f"primal {i}", "vjp", seen)
-        call_args.append(call_value)
-        structs.append((call_value, len(watched)))
-        sources.extend(watched)
+    wheres = [f"primal {i}" for i in range(len(primals))]
+    call_args, sources, structs = _args.prepare_all(primals, wheres, "vjp")
     tape = tf.GradientTape(persistent=True, watch_accessed_variables=False)
     with tape:
         tape.watch(sources)
@@ -184,13 +179,7 @@ def vjp(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
         ]
         flat = tape.gradient(flat_out, sources, output_gradients=cots, unconnected_gradients=_ZERO)
         flat = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in flat]
-        result, start = [], 0
-        for struct, n in structs:
-            part = flat[start : start + n]
-            start += n
-            nested = isinstance(struct, (dict, list, tuple))
-            result.append(tf.nest.pack_sequence_as(struct, part) if nested else part[0])
-        return tuple(result)
+        return tuple(_args.unflatten(flat, structs))
 
     vjp_fn.__name__ = vjp_fn.__qualname__ = f"vjp_of_{_args.fn_name(fn)}"
     return out, vjp_fn

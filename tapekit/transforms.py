@@ -50,15 +50,10 @@ def _value_and_grad_call(
     positions = _args.resolve_argnums(argnums, len(args), fn, transform)
     unique = list(dict.fromkeys(positions))  # argnums=(0, 0) differentiates argument 0 once
     args = list(args)
-    sources: list[Any] = []
-    structs: list[tuple[Any, int]] = []
-    seen: set[int] = set()
-    for i in unique:
-        where = functools.partial(_args.describe_arg, fn, i)  # only formatted on error
-        call_value, watched = _args.prepare(args[i], where, transform, seen)
-        args[i] = call_value
-        structs.append((call_value, len(watched)))
-        sources.extend(watched)
+    wheres = [functools.partial(_args.describe_arg, fn, i) for i in unique]  # formatted on error
+    values, sources, structs = _args.prepare_all([args[i] for i in unique], wheres, transform)
+    for i, value in zip(unique, values):
+        args[i] = value
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(sources)
         out = fn(*args, **kwargs)
@@ -68,13 +63,7 @@ def _value_and_grad_call(
     value = _args.as_output_tensor(out, fn, transform)
     _args.check_scalar(value, fn, transform)
     flat = tape.gradient(value, sources, unconnected_gradients=_ZERO)
-    grads, start = [], 0
-    for struct, n in structs:
-        part = [_dense(g) for g in flat[start : start + n]]
-        start += n
-        grads.append(
-            part[0] if n == 1 and not _is_nest(struct) else tf.nest.pack_sequence_as(struct, part)
-        )
+    grads = _args.unflatten([_dense(g) for g in flat], structs)
     return value, aux, [grads[unique.index(i)] for i in positions]
 
 
@@ -264,30 +253,19 @@ def partials(fn: Callable, wrt: str | list[str] | tuple[str, ...] | None = None)
 
     def partials_fn(*args: Any, **kwargs: Any) -> dict[str, Any]:
         bound = _bind(sig, fn, args, kwargs, "partials")
-        sources: list[Any] = []
-        structs: list[tuple[Any, int]] = []
-        seen: set[int] = set()
         # With wrt=None, parameters left at None (e.g. `name=None` of TF ops) are not inputs.
         active = names if explicit else [n for n in names if bound.arguments[n] is not None]
-        for n in active:
-            call_value, watched = _args.prepare(
-                bound.arguments[n], f"parameter `{n}`", "partials", seen
-            )
-            bound.arguments[n] = call_value
-            structs.append((call_value, len(watched)))
-            sources.extend(watched)
+        values, sources, structs = _args.prepare_all(
+            [bound.arguments[n] for n in active], [f"parameter `{n}`" for n in active], "partials"
+        )
+        bound.arguments.update(zip(active, values))
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(sources)
             out = fn(*bound.args, **bound.kwargs)
         value = _args.as_output_tensor(out, fn, "partials")
         _args.check_scalar(value, fn, "partials")
         flat = tape.gradient(value, sources, unconnected_gradients=_ZERO)
-        result, start = {}, 0
-        for n, (struct, k) in zip(active, structs):
-            part = [_dense(g) for g in flat[start : start + k]]
-            start += k
-            result[n] = part[0] if not _is_nest(struct) else tf.nest.pack_sequence_as(struct, part)
-        return result
+        return dict(zip(active, _args.unflatten([_dense(g) for g in flat], structs)))
 
     return _finish(
         partials_fn,
