@@ -36,6 +36,7 @@ tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfigu
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from training import loss_fn, make_model  # noqa: E402  (the same MLP as benchmarks/training.py)
 
 import tapekit  # noqa: E402
 
@@ -46,24 +47,6 @@ STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 def make_data() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     return rng.normal(size=(N, 784)).astype("float32"), rng.integers(0, 10, size=N)
-
-
-def make_model() -> keras.Model:
-    keras.utils.set_random_seed(0)
-    return keras.Sequential(
-        [
-            keras.Input((784,)),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
-
-
-def loss_fn(model: keras.Model, batch: tuple) -> tf.Tensor:
-    x, y = batch
-    logits = model(x, training=True)
-    return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
 
 
 def keras_fit(data: tuple) -> Callable[[], None]:

@@ -6,22 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from _finite import central_diff
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tapekit as tk
-
-
-def central_diff(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Gradient of scalar f at float64 x by central differences."""
-    x = np.asarray(x, np.float64)
-    g = np.zeros_like(x)
-    for i in np.ndindex(*x.shape):
-        e = np.zeros_like(x)
-        e[i] = eps
-        g[i] = (float(f(tf.constant(x + e))) - float(f(tf.constant(x - e)))) / (2 * eps)
-    return g
-
 
 # --- the classic lesson ---------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from _finite import central_diff
 
 import tapekit as tk
 
@@ -25,17 +26,6 @@ FLOATS = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 
 def _np(x) -> np.ndarray:
     return np.asarray(tf.cast(x, tf.float64).numpy())
-
-
-def central_diff(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Gradient of scalar ``f`` at float64 ``x`` by central differences."""
-    x = np.asarray(x, np.float64)
-    g = np.zeros_like(x)
-    for i in np.ndindex(*x.shape):
-        e = np.zeros_like(x)
-        e[i] = eps
-        g[i] = (float(f(tf.constant(x + e))) - float(f(tf.constant(x - e)))) / (2 * eps)
-    return g
 
 
 @contextlib.contextmanager
