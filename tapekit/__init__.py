@@ -38,8 +38,11 @@ _EXPORTS = {
     "jvp": ".jacobians",
     "partial": ".transforms",
     "partials": ".transforms",
+    "per_example_grad_norms": ".batching",
+    "per_example_grads": ".batching",
     "value_and_grad": ".transforms",
     "vjp": ".jacobians",
+    "vmap": ".batching",
 }
 _SUBPACKAGES = ("board", "training")
 
@@ -64,11 +67,15 @@ __all__ = [
     "jvp",
     "partial",
     "partials",
+    "per_example_grad_norms",
+    "per_example_grads",
     "value_and_grad",
     "vjp",
+    "vmap",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
+    from .batching import per_example_grad_norms, per_example_grads, vmap
     from .board import explain
     from .checking import check_grads
     from .errors import DisconnectedGradientError, NonFiniteError, TapekitError
