@@ -36,6 +36,7 @@ _EXPORTS = {
     "hvp": ".hessians",
     "jacobian": ".jacobians",
     "jvp": ".jacobians",
+    "linearize": ".linearization",
     "partial": ".transforms",
     "partials": ".transforms",
     "per_example_grad_norms": ".batching",
@@ -65,6 +66,7 @@ __all__ = [
     "hvp",
     "jacobian",
     "jvp",
+    "linearize",
     "partial",
     "partials",
     "per_example_grad_norms",
@@ -81,6 +83,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .errors import DisconnectedGradientError, NonFiniteError, TapekitError
     from .hessians import hessian, hvp
     from .jacobians import batch_jacobian, jacobian, jvp, vjp
+    from .linearization import linearize
     from .tape import Tape
     from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
     from .transforms import derivative, grad, partial, partials, value_and_grad
