@@ -41,7 +41,7 @@ _EXPORTS = {
     "value_and_grad": ".transforms",
     "vjp": ".jacobians",
 }
-_SUBPACKAGES = ("board", "training")
+_SUBPACKAGES = ("board", "curvature", "training")
 
 __all__ = [
     "Callback",
