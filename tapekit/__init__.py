@@ -31,6 +31,7 @@ _EXPORTS = {
     "check_grads": ".checking",
     "derivative": ".transforms",
     "explain": ".board",
+    "gradient_noise_scale": ".noise_scale",
     "grad": ".transforms",
     "hessian": ".hessians",
     "hvp": ".hessians",
@@ -58,6 +59,7 @@ __all__ = [
     "derivative",
     "explain",
     "grad",
+    "gradient_noise_scale",
     "hessian",
     "hvp",
     "jacobian",
@@ -74,6 +76,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .errors import DisconnectedGradientError, NonFiniteError, TapekitError
     from .hessians import hessian, hvp
     from .jacobians import batch_jacobian, jacobian, jvp, vjp
+    from .noise_scale import gradient_noise_scale
     from .tape import Tape
     from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
     from .transforms import derivative, grad, partial, partials, value_and_grad
