@@ -31,6 +31,7 @@ _EXPORTS = {
     "check_grads": ".checking",
     "derivative": ".transforms",
     "explain": ".board",
+    "gradient_noise_scale": ".noise_scale",
     "grad": ".transforms",
     "hessian": ".hessians",
     "hvp": ".hessians",
@@ -45,7 +46,7 @@ _EXPORTS = {
     "vjp": ".jacobians",
     "vmap": ".batching",
 }
-_SUBPACKAGES = ("board", "training")
+_SUBPACKAGES = ("board", "curvature", "training")
 
 __all__ = [
     "Callback",
@@ -62,6 +63,7 @@ __all__ = [
     "derivative",
     "explain",
     "grad",
+    "gradient_noise_scale",
     "hessian",
     "hvp",
     "jacobian",
@@ -84,6 +86,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .hessians import hessian, hvp
     from .jacobians import batch_jacobian, jacobian, jvp, vjp
     from .linearization import linearize
+    from .noise_scale import gradient_noise_scale
     from .tape import Tape
     from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
     from .transforms import derivative, grad, partial, partials, value_and_grad

@@ -1,0 +1,203 @@
+"""tapekit.curvature: top eigenvalues, trace and density against the dense Hessian (float64)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tapekit
+from tapekit import curvature
+from tapekit._compile import tracing_count
+
+SIZES = [(4, 16), (16,), (16, 8), (8,), (8, 1), (1,)]  # a 4-16-8-1 tanh MLP: 225 parameters
+N_PARAMS = sum(int(np.prod(s)) for s in SIZES)
+
+
+def _data():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 4))
+    y = np.sin(x @ rng.normal(size=(4, 1)))
+    return tf.constant(x), tf.constant(y)
+
+
+X, Y = _data()
+
+
+def mlp_loss(params):
+    w1, b1, w2, b2, w3, b3 = params
+    h = tf.tanh(X @ w1 + b1)
+    h = tf.tanh(h @ w2 + b2)
+    return tf.reduce_mean((h @ w3 + b3 - Y) ** 2)
+
+
+def flat_loss(theta):
+    parts, start = [], 0
+    for s in SIZES:
+        n = int(np.prod(s))
+        parts.append(tf.reshape(theta[start : start + n], s))
+        start += n
+    return mlp_loss(parts)
+
+
+@pytest.fixture(scope="module")
+def point():
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=N_PARAMS) * 0.7
+    params, start = [], 0
+    for s in SIZES:
+        n = int(np.prod(s))
+        params.append(tf.constant(theta[start : start + n].reshape(s)))
+        start += n
+    dense = tapekit.hessian(flat_loss)(tf.constant(theta)).numpy()
+    return tuple(params), np.linalg.eigvalsh(dense), dense, theta
+
+
+def _flat(vectors):
+    leaves = tf.nest.flatten(vectors)
+    k = leaves[0].shape[0]
+    return np.concatenate([np.reshape(v.numpy(), (k, -1)) for v in leaves], axis=1)
+
+
+@pytest.mark.parametrize("which", ["algebraic", "magnitude"])
+def test_top_eigenvalues_match_eigvalsh_of_the_dense_hessian(point, which):
+    params, exact, dense, _ = point
+    key = exact if which == "algebraic" else np.abs(exact)
+    want = exact[np.argsort(-key)][:3]
+    values, vectors = curvature.top_eigenvalues(mlp_loss, (params,), k=3, which=which, seed=0)
+    assert values.dtype == tf.float64 and values.shape == (3,)
+    np.testing.assert_allclose(values.numpy(), want, rtol=1e-3)
+    y = _flat(vectors[0])  # (3, n): unit eigenvectors of the dense Hessian
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, rtol=1e-9)
+    residual = np.linalg.norm(y @ dense - values.numpy()[:, None] * y, axis=1)
+    assert np.all(residual <= 1e-3 * np.abs(values.numpy()) * 2)
+    assert [tuple(v.shape) for v in vectors[0]] == [(3, *s) for s in SIZES]
+
+
+def test_magnitude_differs_from_algebraic_on_an_indefinite_hessian():
+    h = np.diag([-9.0, 5.0, 5.0, 3.0, 1.0, -0.5]).astype(np.float64)  # 5 is a double eigenvalue
+    q = np.linalg.qr(np.random.default_rng(2).normal(size=(6, 6)))[0]
+    a = tf.constant(q @ h @ q.T)
+    f = lambda x: 0.5 * tf.tensordot(x, tf.linalg.matvec(a, x), 1)  # noqa: E731
+    x = (tf.zeros([6], tf.float64),)
+    alg, _ = curvature.top_eigenvalues(f, x, k=3, seed=1)
+    mag, _ = curvature.top_eigenvalues(f, x, k=3, which="magnitude", seed=1)
+    np.testing.assert_allclose(alg.numpy(), [5.0, 5.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(mag.numpy(), [-9.0, 5.0, 5.0], rtol=1e-6)
+
+
+def test_lanczos_iterations_do_not_retrace_and_keep_float32(point):
+    params, exact, _, _ = point
+    p32 = tuple(tf.cast(p, tf.float32) for p in params)
+
+    def loss32(ps):
+        w1, b1, w2, b2, w3, b3 = ps
+        h = tf.tanh(tf.cast(X, tf.float32) @ w1 + b1)
+        h = tf.tanh(h @ w2 + b2)
+        return tf.reduce_mean((h @ w3 + b3 - tf.cast(Y, tf.float32)) ** 2)
+
+    values, vectors = curvature.top_eigenvalues(loss32, (p32,), k=2, seed=0)
+    assert values.dtype == tf.float32 and vectors[0][0].dtype == tf.float32
+    np.testing.assert_allclose(values.numpy(), exact[::-1][:2], rtol=1e-3)
+    assert tracing_count(loss32) == 1  # dozens of hvp calls, one trace
+    curvature.trace(loss32, (p32,), samples=4, seed=0)
+    curvature.density(loss32, (p32,), steps=8, runs=1, seed=0)
+    assert tracing_count(loss32) == 1
+
+
+def test_warm_start_from_the_previous_eigenvector_needs_few_products(point):
+    params, exact, _, _ = point
+    values, vectors = curvature.top_eigenvalues(mlp_loss, (params,), seed=0)
+    np.testing.assert_allclose(values.numpy()[0], exact[-1], rtol=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converges within 4 products, else a RuntimeWarning
+        again, _ = curvature.top_eigenvalues(mlp_loss, (params,), init=vectors, seed=1, max_iters=4)
+    np.testing.assert_allclose(again.numpy()[0], exact[-1], rtol=1e-3)
+
+
+def test_trace_is_within_three_standard_errors_and_improves_with_samples(point):
+    params, exact, _, _ = point
+    true = exact.sum()
+    est, err = curvature.trace(mlp_loss, (params,), samples=64, seed=0)
+    assert est.dtype == tf.float64
+    assert abs(float(est) - true) <= 3 * float(err)
+    errors, ses = {}, {}
+    for samples, seed0 in ((8, 0), (512, 100)):
+        runs = [curvature.trace(mlp_loss, (params,), samples=samples, seed=seed0 + s)
+                for s in range(6)]  # fmt: skip
+        errors[samples] = np.mean([abs(float(e) - true) for e, _ in runs])
+        ses[samples] = np.mean([float(se) for _, se in runs])
+        assert all(abs(float(e) - true) <= 4 * float(se) for e, se in runs)
+    assert errors[512] < errors[8] / 2.5  # 1/sqrt(64) = 1/8 expected
+    assert ses[8] / 12 < ses[512] < ses[8] / 5
+
+
+def test_density_integrates_to_one_and_sits_on_the_eigenvalues(point):
+    params, exact, _, _ = point
+    grid, dens = curvature.density(mlp_loss, (params,), steps=48, runs=8, seed=0)
+    g, d = grid.numpy(), dens.numpy()
+    assert grid.dtype == tf.float64 and g.shape == d.shape == (1024,)
+    assert np.all(d >= 0)
+    np.testing.assert_allclose(np.trapezoid(d, g), 1.0, atol=1e-6)
+    # the extreme Lanczos nodes are the extreme eigenvalues: the grid spans the spectrum
+    sigma = 0.01 * (exact[-1] - exact[0])
+    np.testing.assert_allclose([g[0] + 5 * sigma, g[-1] - 5 * sigma], exact[[0, -1]], rtol=1e-3)
+    # mean eigenvalue = trace / n, up to the sampling error of 8 random vectors
+    mean = np.trapezoid(g * d, g)
+    assert abs(mean - exact.mean()) <= 0.1 * np.abs(exact).mean()
+    # the distribution matches the exact eigenvalues': Wasserstein-1 distance of the CDFs
+    cdf = np.concatenate([[0.0], np.cumsum((d[1:] + d[:-1]) / 2 * np.diff(g))])
+    exact_cdf = np.searchsorted(np.sort(exact), g, side="right") / exact.size
+    w1 = np.trapezoid(np.abs(cdf - exact_cdf), g)
+    assert w1 <= 0.02 * (exact[-1] - exact[0]), w1
+    # the mass between the top eigenvalue and the next one is about 1/n
+    top_mass = np.trapezoid(d * (g > (exact[-1] + exact[-2]) / 2), g)
+    assert top_mass < 5.0 / exact.size
+
+
+def test_model_loss_of_a_keras_model_equals_the_flat_hessian():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="tanh"),
+                              keras.layers.Dense(1)])  # fmt: skip
+    x, y = X.numpy().astype("float32"), Y.numpy().astype("float32")
+
+    def loss_fn(m, b, training=False):
+        assert training is False  # inference mode
+        return keras.ops.mean((m(b[0], training=training) - b[1]) ** 2), {"n": 1.0}
+
+    fn, primals = curvature.model_loss(model, loss_fn, (x, y))
+    values, _ = curvature.top_eigenvalues(fn, primals, k=2, seed=0)
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    theta0 = np.concatenate([v.numpy().ravel() for v in model.trainable_variables])
+
+    def flat(theta):
+        ws, start = [], 0
+        for s in shapes:
+            n = int(np.prod(s))
+            ws.append(tf.reshape(theta[start : start + n], s))
+            start += n
+        h = tf.tanh(tf.constant(x, tf.float64) @ ws[0] + ws[1])
+        return tf.reduce_mean((h @ ws[2] + ws[3] - tf.constant(y, tf.float64)) ** 2)
+
+    exact = np.linalg.eigvalsh(tapekit.hessian(flat)(tf.constant(theta0, tf.float64)).numpy())
+    np.testing.assert_allclose(values.numpy(), exact[::-1][:2], rtol=2e-3)
+
+
+def test_errors_name_the_argument_and_the_fix(point):
+    params = point[0]
+    with pytest.raises(ValueError, match=r"k=300 exceeds the number of parameters \(225\)"):
+        curvature.top_eigenvalues(mlp_loss, (params,), k=300)
+    with pytest.raises(ValueError, match="`which` in .*received 'largest'"):
+        curvature.top_eigenvalues(mlp_loss, (params,), which="largest")
+    with pytest.raises(TypeError, match=r"`primals` as a tuple.*Wrap a single argument"):
+        curvature.trace(mlp_loss, params[0])
+    with pytest.raises(ValueError, match="`samples` to be an int >= 2"):
+        curvature.trace(mlp_loss, (params,), samples=1)
+    with pytest.raises(TypeError, match="leaf 0 of `primals` has dtype int32"):
+        curvature.density(lambda x: tf.reduce_sum(x), (tf.constant([1, 2]),))
+    with pytest.warns(RuntimeWarning, match="did not reach tol=1e-06 in max_iters=2"):
+        curvature.top_eigenvalues(mlp_loss, (params,), max_iters=2, tol=1e-6, seed=0)
