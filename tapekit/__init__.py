@@ -29,6 +29,7 @@ _EXPORTS = {
     "Trainer": ".training",
     "batch_jacobian": ".jacobians",
     "check_grads": ".checking",
+    "checkpoint": ".recompute",
     "derivative": ".transforms",
     "explain": ".board",
     "grad": ".transforms",
@@ -41,6 +42,7 @@ _EXPORTS = {
     "partials": ".transforms",
     "per_example_grad_norms": ".batching",
     "per_example_grads": ".batching",
+    "remat": ".recompute",
     "value_and_grad": ".transforms",
     "vjp": ".jacobians",
     "vmap": ".batching",
@@ -59,6 +61,7 @@ __all__ = [
     "Trainer",
     "batch_jacobian",
     "check_grads",
+    "checkpoint",
     "derivative",
     "explain",
     "grad",
@@ -71,6 +74,7 @@ __all__ = [
     "partials",
     "per_example_grad_norms",
     "per_example_grads",
+    "remat",
     "value_and_grad",
     "vjp",
     "vmap",
@@ -84,6 +88,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .hessians import hessian, hvp
     from .jacobians import batch_jacobian, jacobian, jvp, vjp
     from .linearization import linearize
+    from .recompute import checkpoint, remat
     from .tape import Tape
     from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
     from .transforms import derivative, grad, partial, partials, value_and_grad
