@@ -29,6 +29,7 @@ _EXPORTS = {
     "Trainer": ".training",
     "batch_jacobian": ".jacobians",
     "check_grads": ".checking",
+    "checkpoint": ".recompute",
     "derivative": ".transforms",
     "explain": ".board",
     "gradient_noise_scale": ".noise_scale",
@@ -42,6 +43,7 @@ _EXPORTS = {
     "partials": ".transforms",
     "per_example_grad_norms": ".batching",
     "per_example_grads": ".batching",
+    "remat": ".recompute",
     "value_and_grad": ".transforms",
     "vjp": ".jacobians",
     "vmap": ".batching",
@@ -60,6 +62,7 @@ __all__ = [
     "Trainer",
     "batch_jacobian",
     "check_grads",
+    "checkpoint",
     "derivative",
     "explain",
     "grad",
@@ -73,6 +76,7 @@ __all__ = [
     "partials",
     "per_example_grad_norms",
     "per_example_grads",
+    "remat",
     "value_and_grad",
     "vjp",
     "vmap",
@@ -87,6 +91,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .jacobians import batch_jacobian, jacobian, jvp, vjp
     from .linearization import linearize
     from .noise_scale import gradient_noise_scale
+    from .recompute import checkpoint, remat
     from .tape import Tape
     from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
     from .transforms import derivative, grad, partial, partials, value_and_grad
