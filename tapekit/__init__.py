@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Callback": ".training",
     "CheckpointError": ".training",
+    "CurvatureMonitor": ".training.curvature_monitor",
     "DisconnectedGradientError": ".errors",
     "EarlyStopping": ".training",
     "History": ".training",
@@ -47,6 +48,7 @@ _SUBPACKAGES = ("board", "curvature", "training")
 __all__ = [
     "Callback",
     "CheckpointError",
+    "CurvatureMonitor",
     "DisconnectedGradientError",
     "EarlyStopping",
     "History",
@@ -79,6 +81,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .noise_scale import gradient_noise_scale
     from .tape import Tape
     from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
+    from .training.curvature_monitor import CurvatureMonitor
     from .transforms import derivative, grad, partial, partials, value_and_grad
 
 
