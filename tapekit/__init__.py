@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Callback": ".training",
     "CheckpointError": ".training",
+    "CurvatureMonitor": ".training.curvature_monitor",
     "DisconnectedGradientError": ".errors",
     "EarlyStopping": ".training",
     "History": ".training",
@@ -53,6 +54,7 @@ _SUBPACKAGES = ("board", "curvature", "training")
 __all__ = [
     "Callback",
     "CheckpointError",
+    "CurvatureMonitor",
     "DisconnectedGradientError",
     "EarlyStopping",
     "History",
@@ -94,6 +96,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .recompute import checkpoint, remat
     from .tape import Tape
     from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
+    from .training.curvature_monitor import CurvatureMonitor
     from .transforms import derivative, grad, partial, partials, value_and_grad
 
 

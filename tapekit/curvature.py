@@ -321,14 +321,21 @@ def model_loss(
             f"model_loss needs a model with trainable variables, but {describe_received(model)} "
             f"has none. Build it first (call it on a batch, or give it a keras.Input)."
         )
+    return _inference_loss(model, loss_fn, batch), (variables,)
+
+
+def _inference_loss(model: Any, loss_fn: Callable, batch: Any) -> Callable[..., tf.Tensor]:
+    """``fn(variables, batch=<the fixed batch>)``: ``loss_fn(model, batch)`` in inference mode,
+    reading the parameters through ``model`` (``variables`` are only the watched sources)."""
     try:
         takes_training = "training" in inspect.signature(loss_fn).parameters
     except (TypeError, ValueError):
         takes_training = False
-    batch = tf.nest.map_structure(tf.convert_to_tensor, batch)
+    fixed = tf.nest.map_structure(tf.convert_to_tensor, batch)
 
-    def loss_of_model(_variables: Any) -> tf.Tensor:  # reads the variables through the model
+    def loss_of_model(_variables: Any, batch: Any = None) -> tf.Tensor:
+        batch = fixed if batch is None else batch
         out = loss_fn(model, batch, training=False) if takes_training else loss_fn(model, batch)
         return out[0] if isinstance(out, (tuple, list)) else out
 
-    return loss_of_model, (variables,)
+    return loss_of_model
