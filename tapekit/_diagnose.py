@@ -16,7 +16,7 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.python.framework import ops as _ops
 
-from .errors import DisconnectedGradientError
+from .errors import DisconnectedGradientError, NoGradientError
 
 _NONE = tf.UnconnectedGradients.NONE
 
@@ -72,6 +72,23 @@ CAUSES = {
         "the target does not depend on it{detail}",
         "use it in computing the target; if it flows through tf.round, tf.argmax, an integer "
         "tf.cast or tf.stop_gradient, that path carries no gradient by design",
+    ),
+    "numpy": (
+        "the output is computed from it through NumPy (.numpy(), np.* functions or float() "
+        "on a tensor), which TensorFlow cannot differentiate",
+        "compute it with TensorFlow ops (tf.sin instead of np.sin) and keep tensors as tensors",
+    ),
+    "assign_cut": (
+        "it reaches the output only through an assignment to a variable ({op}), and "
+        "TensorFlow does not differentiate through assign/assign_add",
+        "compute the new value as a tensor (y = (v + x) ** 2 instead of v.assign_add(x); "
+        "y = v ** 2), or differentiate with respect to the variable itself",
+    ),
+    "no_input_gradient": (
+        "the path to the output goes through op {op}, whose gradient TensorFlow does not "
+        "define with respect to this input (it does for another input of the op)",
+        "write the derivative yourself with tf.custom_gradient, or differentiate with respect "
+        "to the other input",
     ),
     "no_gradient_op": (
         "the path to the target goes through op `{op}`, which has no registered gradient",
@@ -189,7 +206,7 @@ def _blocking_ops(targets: list, source: Any) -> str:
     except (AttributeError, IndexError):
         return ""  # eager tensors keep no graph to walk
     try:
-        starts = _graph_tensors(source, graph)
+        starts = graph_tensors(source, graph)
         below = set()
         stack = [t.op for t in targets if getattr(t, "graph", None) is graph]
         while stack:
@@ -213,7 +230,7 @@ def _blocking_ops(targets: list, source: Any) -> str:
         return ""
 
 
-def _graph_tensors(source: Any, graph: Any) -> list:
+def graph_tensors(source: Any, graph: Any) -> list:
     if isinstance(source, tf.Variable):
         handle = source.handle
         if getattr(handle, "graph", None) is graph:
@@ -246,6 +263,7 @@ def error(
     descriptions: list[str],
     total: int,
     allow_alternatives: bool = True,
+    header: str | None = None,
 ) -> DisconnectedGradientError:
     """The :class:`DisconnectedGradientError` listing every source, its cause and the fix.
 
@@ -253,7 +271,8 @@ def error(
     ``descriptions[j]`` says what it is (see :func:`describe`).
     """
     lines = [
-        f"{method}: no gradient for {len(found)} of {total} source(s) (TensorFlow would "
+        header
+        or f"{method}: no gradient for {len(found)} of {total} source(s) (TensorFlow would "
         f"return None):"
     ]
     pairs = []
@@ -267,4 +286,5 @@ def error(
             "To accept missing gradients, pass unconnected='zero' (zeros) or unconnected='none' "
             "(None)."
         )
-    return DisconnectedGradientError("\n".join(lines), pairs)
+    cls = NoGradientError if any(c == "no_gradient_op" for _, c, _ in found) else None
+    return (cls or DisconnectedGradientError)("\n".join(lines), pairs)

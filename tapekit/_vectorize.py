@@ -110,7 +110,7 @@ def pfor(
         out = _loop(loop_fn, iters)  # if this fails too, its error (maybe fn's own) is raised
     if (what, op) not in _warned:  # the fallback worked: say once that it is slower
         _warned.add((what, op))
-        reason = str(strict_error).split(" (")[0].split("\n")[0][:80]
+        reason = _reason(strict_error)
         cannot = f"op `{op}`" if op else f"part of this computation ({reason})"
         warnings.warn(
             f"{what}: TensorFlow cannot vectorize {cannot}, so those iterations run one by one "
@@ -120,6 +120,15 @@ def pfor(
             stacklevel=2,
         )
     return out
+
+
+def _reason(exc: BaseException) -> str:
+    """The message of ``exc`` without AutoGraph's "in user code:" frame listing."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("in user code", "File "))]
+    text = lines[-1] if lines else type(exc).__name__
+    text = re.sub(r"^\w+(Error|Exception): ", "", text)
+    return text.split(" (")[0][:80]
 
 
 def _loop(loop_fn: Callable[[tf.Tensor], list[tf.Tensor]], iters: Any) -> list[tf.Tensor]:
