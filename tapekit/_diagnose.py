@@ -68,6 +68,16 @@ CAUSES = {
         "compute the target inside the `with` block from the watched values, with "
         "differentiable TensorFlow ops only",
     ),
+    "target_is_variable": (
+        "the target is the variable {target} itself, and a variable is not computed from "
+        "anything the tape recorded",
+        "compute the target from the source inside the `with` block (e.g. y = v * x), or "
+        "pass v.read_value() / the value computed from it as the target",
+    ),
+    "stop_recording": (
+        "it was used only inside `tape.stop_recording()`, where the tape records nothing",
+        "compute the part of the target that depends on it outside the stop_recording() block",
+    ),
     "not_connected": (
         "the target does not depend on it{detail}",
         "use it in computing the target; if it flows through tf.round, tf.argmax, an integer "
@@ -136,13 +146,18 @@ def causes(
     watched: dict[int, Any],
     watch_accessed: bool,
     recorded: Callable[[list], bool],
+    paused: frozenset[int] = frozenset(),
 ) -> list[tuple[int, str, dict]]:
     """``(source index, cause code, details)`` for each source index in ``missing``.
 
-    ``recorded(tensors)`` tells whether ``tape`` recorded an op producing any of ``tensors``
+    ``recorded(tensors)`` tells whether ``tape`` recorded an op producing any of ``tensors``;
+    ``paused`` holds the ids of the sources used while ``stop_recording()`` was active
     (``should_record_backprop`` with only that tape active).
     """
     bad_target = next((t for t in targets if not _is_float(t)), None)
+    var_target = next((t for t in targets if isinstance(t, tf.Variable)), None)
+    # should_record_backprop does not take variables: ask about their values' records
+    targets = [t for t in targets if not isinstance(t, tf.Variable)]
     variables = list(tape.watched_variables())
     var_ids = {id(v) for v in variables}
     target_known: bool | None = None
@@ -154,6 +169,12 @@ def causes(
             continue
         if bad_target is not None:
             out.append((j, "integer_target", {"dtype": bad_target.dtype.name}))
+            continue
+        if id(s) in paused:
+            out.append((j, "stop_recording", {}))
+            continue
+        if var_target is not None and not targets:
+            out.append((j, "target_is_variable", {"target": f"'{var_target.name}'"}))
             continue
         if isinstance(s, tf.Variable) and id(s) not in var_ids:
             if not watch_accessed:
@@ -179,8 +200,17 @@ def causes(
         if target_known is None:
             target_known = recorded(targets)
         code = "not_connected" if target_known else "target_not_recorded"
-        out.append((j, code, {"detail": ""}))
+        eager = all(isinstance(t, tf.__internal__.EagerTensor) for t in targets)
+        out.append((j, code, {"detail": _UNSEEN if eager else ""}))
     return out
+
+
+_UNSEEN = (
+    " through ops TensorFlow can differentiate (perhaps not at all; or only through NumPy, an "
+    "assignment such as v.assign_add(x), or an op whose gradient TensorFlow leaves undefined "
+    "for this input, such as tf.math.betainc w.r.t. a: an eager tape keeps no record of "
+    "which; tapekit.grad of the same computation names it)"
+)
 
 
 def no_gradient_op(tape: tf.GradientTape, targets: list, sources: list, exc: LookupError) -> tuple:

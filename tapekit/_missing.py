@@ -59,7 +59,7 @@ def find(
     Graph targets are looked at directly; for eager ones ``retrace(missing)`` traces the
     function into a graph (see :func:`retrace`); without it nothing is found.
     """
-    if _graph_of(targets) is not None:
+    if graph_of(targets) is not None:
         return cuts(targets, sources, missing)
     return retrace(missing) if retrace is not None else []
 
@@ -142,7 +142,7 @@ def no_gradient_error(
     return error(transform, names, found, sources)
 
 
-def _graph_of(targets: list[Any]) -> Any:
+def graph_of(targets: list[Any]) -> Any:
     for t in targets:
         graph = getattr(t, "graph", None)
         if graph is not None and not isinstance(t, tf.__internal__.EagerTensor):
@@ -153,7 +153,7 @@ def _graph_of(targets: list[Any]) -> Any:
 def cuts(targets: list[tf.Tensor], sources: list[Any], missing: list[int]) -> Found:
     """``(source index, cause, details)`` for each missing source whose path to ``targets``
     (graph tensors) is cut by an op without a gradient for it or by an assignment."""
-    graph = _graph_of(targets)
+    graph = graph_of(targets)
     if graph is None:
         return []
     with _record.stop_recording():  # gradient functions are called below: record none of it
