@@ -216,7 +216,7 @@ def reverse(
         return [dense(g) for g in gradient(cots)]
 
     if _is_zero(total) or any(_is_zero(_prod(d[skip:])) for d in s_dims):
-        rows = [tf.zeros(_arg([total] + d), _src_dtype(s)) for d, s in zip(s_dims, sources)]
+        rows = [tf.zeros(_arg([total] + d), src_dtype(s)) for d, s in zip(s_dims, sources)]
     else:
         rows = pfor(loop_fn, total, chunk_size, what)
     out = []
@@ -257,7 +257,7 @@ def forward(
     s_dims = [_dims(s, what) for s in sources]
     skip = 1 if batch else 0
     offsets, total = _offsets([_prod(d[skip:]) for d in s_dims])
-    s_dtypes = [_src_dtype(s) for s in sources]
+    s_dtypes = [src_dtype(s) for s in sources]
 
     def loop_fn(i: tf.Tensor) -> list[tf.Tensor]:
         return list(
@@ -347,7 +347,7 @@ def dense(g: Any) -> Any:
     return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
 
 
-def _src_dtype(s: Any) -> tf.DType:
+def src_dtype(s: Any) -> tf.DType:
     inner = getattr(s, "value", None)
     if not isinstance(s, (tf.Tensor, tf.Variable)) and isinstance(inner, tf.Variable):
         return inner.dtype

@@ -300,6 +300,8 @@ def _jacobian_core(single: bool, mode: str, chunk_size: int | None, batch: bool)
             _missing.check_call(fn, call, outputs(seen[0]), outputs, transform)
             if batch:
                 _vectorize.check_batch(call.sources, outputs(seen[0]), fn)
+            if batch:  # TensorFlow's convention in every mode (see _interacting)
+                blocks = _batch_convention(fn, call, outputs, blocks, lambda: reverse(record())[1])
             return seen[0], blocks
 
         recorded = None if mode == "fwd" else record()
@@ -318,6 +320,39 @@ def _jacobian_core(single: bool, mode: str, chunk_size: int | None, batch: bool)
         return tf.nest.pack_sequence_as(out, rows)
 
     return core
+
+
+def _batch_convention(
+    fn: Callable, call: _compile.Call, outputs: Callable, blocks: list, reverse: Callable
+) -> list:
+    """Forward-mode ``blocks`` of a batch Jacobian, or the reverse-mode ones if examples interact.
+
+    When output example ``b`` depends on input example ``b' != b`` (batch normalization in
+    training mode), forward mode would sum over the input batch and reverse mode over the
+    output batch. tapekit keeps TensorFlow's ``batch_jacobian`` convention (reverse mode) in
+    every mode: one probe tangent on example 0 finds the interaction, at the cost of one more
+    forward pass, and then the reverse-mode blocks are computed instead.
+    """
+    probe = []
+    for s in call.sources:
+        dtype = _vectorize.src_dtype(s)
+        inner = tf.shape(s)[1:]
+        pattern = tf.reshape(
+            tf.sin(tf.range(1, tf.reduce_prod(inner) + 1, dtype=tf.float32)), inner
+        )
+        mask = tf.one_hot(0, tf.shape(s)[0], dtype=tf.float32)
+        mask = tf.reshape(mask, tf.concat([[-1], tf.ones_like(inner)], 0))
+        probe.append(tf.cast(mask * pattern, dtype))
+    with tf.autodiff.ForwardAccumulator(call.sources, probe) as acc:
+        result = fn(*call.args, **call.kwargs)
+    leaks = [
+        tf.reduce_max(tf.abs(tf.cast(acc.jvp(o, unconnected_gradients=_ZERO)[1:], tf.float32)))
+        for o in outputs(result)
+    ]
+    interacting = tf.reduce_max(tf.stack(leaks)) > 0.0
+    if tf.executing_eagerly():
+        return reverse() if bool(interacting) else blocks
+    return tf.cond(interacting, reverse, lambda: blocks)
 
 
 def _make(

@@ -15,7 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from . import _args, _compile, _missing, _tensors
+from . import _args, _compile, _missing, _tensors, _variables
 from ._args import ArgNums
 from .errors import DisconnectedGradientError
 
@@ -130,24 +130,38 @@ def _wrt_label(argnums: tuple[int, ...]) -> str:
     return "_".join(str(a) for a in argnums)
 
 
-def value_and_grad(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False) -> Callable:
+def value_and_grad(
+    fn: Callable,
+    argnums: ArgNums = 0,
+    *,
+    has_aux: bool = False,
+    variables: _variables.Variables | None = None,
+) -> Callable:
     """Make a function that returns ``fn``'s value and its gradient.
 
     Args:
         fn: A function returning a scalar float tensor (or ``(scalar, aux)`` with ``has_aux``).
         argnums: Which positional argument(s) to differentiate: an int, or a tuple of ints.
         has_aux: If True, ``fn`` returns ``(value, aux)`` and ``aux`` is passed through untouched.
+        variables: Differentiate w.r.t. these variables instead of ``argnums``: a Keras
+            layer/model or ``tf.Module`` (its trainable variables, looked up after ``fn`` ran,
+            so a layer built by that call counts), a list of variables, or a function returning
+            one of those. ``argnums`` is then not used.
 
     Returns:
         A function with ``fn``'s signature returning ``(value, grads)``, or
         ``((value, aux), grads)`` with ``has_aux``. ``grads`` is shaped like ``args[argnums]``
-        (same nest and dtype) for an int ``argnums``, and a tuple of those for a tuple. Inputs the
-        value does not depend on get zeros.
+        (same nest and dtype) for an int ``argnums``, and a tuple of those for a tuple; with
+        ``variables``, a dict ``{variable path: gradient}``. Inputs the value does not depend on
+        get zeros.
 
     Raises:
         TypeError: At build time if ``fn`` is not callable or ``argnums`` is not int(s); at call
             time if a differentiated argument is not floating point or the output is not a float.
-        ValueError: At call time if ``argnums`` is out of range or the output is not a scalar.
+        ValueError: At call time if ``argnums`` is out of range, the output is not a scalar, or
+            ``variables`` holds no variables (e.g. a layer that was never built).
+        DisconnectedGradientError: If the output is computed from an input along a path that
+            TensorFlow cannot differentiate (NumPy, an op without that gradient, an assignment).
 
     Example:
         >>> import tapekit
@@ -158,7 +172,14 @@ def value_and_grad(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False)
     _args.check_callable(fn, "value_and_grad")
     nums, single = _args.normalize_argnums(argnums, "value_and_grad")
 
+    _variables.check(variables, "value_and_grad")
+
     def value_and_grad_fn(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        if variables is not None:
+            value, aux, g = _variables.value_and_grad(
+                fn, args, kwargs, variables, has_aux, "value_and_grad"
+            )
+            return ((value, aux), g) if has_aux else (value, g)
         value, aux, grads = _value_and_grad_call(fn, args, kwargs, nums, has_aux, "value_and_grad")
         g = grads[0] if single else tuple(grads)
         return ((value, aux), g) if has_aux else (value, g)
@@ -173,7 +194,13 @@ def value_and_grad(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False)
     )
 
 
-def grad(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False) -> Callable:
+def grad(
+    fn: Callable,
+    argnums: ArgNums = 0,
+    *,
+    has_aux: bool = False,
+    variables: _variables.Variables | None = None,
+) -> Callable:
     """Make a function that returns the gradient of ``fn``'s scalar output.
 
     Args:
@@ -181,17 +208,23 @@ def grad(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False) -> Callab
         argnums: Which positional argument(s) to differentiate: an int, or a tuple of ints.
         has_aux: If True, ``fn`` returns ``(value, aux)`` and the new function returns
             ``(grads, aux)``.
+        variables: Differentiate w.r.t. these variables instead of ``argnums`` (see
+            :func:`value_and_grad`): a Keras layer/model, a ``tf.Module``, a list of variables
+            or a function returning one; the gradient is a dict keyed by variable path.
 
     Returns:
         A function with ``fn``'s signature. For an int ``argnums`` it returns one gradient shaped
         like that argument (same nest and dtype: float64 in, float64 out); for a tuple, a tuple of
-        them. Python numbers are treated as float32 scalars. Inputs the output does not depend on
-        get zeros, never ``None``.
+        them; with ``variables``, ``{variable path: gradient}``. Python numbers are treated as
+        float32 scalars. Inputs the output does not depend on get zeros, never ``None``.
 
     Raises:
         TypeError: At build time if ``fn`` is not callable or ``argnums`` is not int(s); at call
             time if a differentiated argument is integer/bool or the output is not a float.
-        ValueError: At call time if ``argnums`` is out of range or the output is not a scalar.
+        ValueError: At call time if ``argnums`` is out of range, the output is not a scalar, or
+            ``variables`` holds no variables (e.g. a layer that was never built).
+        DisconnectedGradientError: If the output is computed from an input along a path that
+            TensorFlow cannot differentiate (NumPy, an op without that gradient, an assignment).
 
     Example:
         >>> import tensorflow as tf, tapekit
@@ -201,11 +234,21 @@ def grad(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False) -> Callab
         >>> dx, dy = tapekit.grad(lambda x, y: x**2 * y + y + 2, argnums=(0, 1))(3.0, 4.0)
         >>> float(dx), float(dy)
         (24.0, 10.0)
+        >>> import keras
+        >>> layer = keras.layers.Dense(1, kernel_initializer="ones", name="d")  # not built yet
+        >>> g = tapekit.grad(lambda x: tf.reduce_sum(layer(x)), variables=layer)(tf.ones([2, 3]))
+        >>> {k: v.shape for k, v in g.items()}
+        {'d/kernel': TensorShape([3, 1]), 'd/bias': TensorShape([1])}
     """
     _args.check_callable(fn, "grad")
     nums, single = _args.normalize_argnums(argnums, "grad")
 
+    _variables.check(variables, "grad")
+
     def grad_fn(*args: Any, **kwargs: Any) -> Any:
+        if variables is not None:
+            _, aux, g = _variables.value_and_grad(fn, args, kwargs, variables, has_aux, "grad")
+            return (g, aux) if has_aux else g
         _, aux, grads = _value_and_grad_call(fn, args, kwargs, nums, has_aux, "grad")
         g = grads[0] if single else tuple(grads)
         return (g, aux) if has_aux else g

@@ -338,3 +338,72 @@ def test_autograph_names_do_not_leak_into_messages():
     with pytest.raises(ValueError, match=r"`loss` returned shape \(2,\)") as info:
         tk.hessian(loss)(X2)
     assert "tf__" not in str(info.value)
+
+
+# ---------------------------------------------------------------- Keras weights: variables=
+
+
+def test_variables_option_differentiates_an_unbuilt_layer_keyed_by_path():
+    jax = pytest.importorskip("jax")
+    keras.utils.set_random_seed(3)
+    layer = keras.layers.Dense(2, name="dense_v")  # no weights until the first call
+    x = tf.constant([[1.0, -2.0, 0.5]])
+    loss = lambda x: tf.reduce_sum(tf.tanh(layer(x)) ** 2)  # noqa: E731
+    value, g = tk.value_and_grad(loss, variables=layer)(x)
+    assert sorted(g) == ["dense_v/bias", "dense_v/kernel"]
+    w, b = layer.kernel.numpy(), layer.bias.numpy()
+    jloss = lambda w, b: jax.numpy.sum(jax.numpy.tanh(x.numpy() @ w + b) ** 2)  # noqa: E731
+    gw, gb = jax.grad(jloss, argnums=(0, 1))(w, b)
+    np.testing.assert_allclose(g["dense_v/kernel"], gw, rtol=1e-5)
+    np.testing.assert_allclose(g["dense_v/bias"], gb, rtol=1e-5)
+    assert float(value) == pytest.approx(float(jloss(w, b)), rel=1e-6)
+    g2 = tk.grad(loss, variables=lambda: layer.trainable_variables)(x)  # a function, a list
+    np.testing.assert_allclose(g2["dense_v/kernel"], gw, rtol=1e-5)
+
+
+def test_variables_option_refuses_an_empty_variable_list():
+    with pytest.raises(ValueError, match=r"found no variables.*until it is built"):
+        tk.grad(lambda x: tf.reduce_sum(x), variables=[])(tf.ones(2))
+    frozen = keras.layers.Dense(1)
+    frozen.build((None, 2))
+    frozen.trainable = False
+    with pytest.raises(ValueError, match=r"variables=\.\.\.\) found no variables"):
+        tk.grad(lambda x: tf.reduce_sum(frozen(x)), variables=frozen)(tf.ones([1, 2]))
+    with pytest.raises(TypeError, match=r"needs `variables` to be a Keras layer"):
+        tk.grad(lambda x: x, variables=3)
+
+
+def test_variables_option_names_a_cut_weight():
+    v = tf.Variable([1.0, 2.0], name="w_cut")
+    f = lambda x: tf.reduce_sum(tf.constant(np.sin(v.numpy())) * x)  # noqa: E731
+    with pytest.raises(DisconnectedGradientError, match=r"variables\['w_cut:0'\].*NumPy"):
+        tk.grad(f, variables=[v])(tf.ones(2))
+
+
+# ---------------------------------------------------------------- batch_jacobian convention
+
+
+def test_batch_jacobian_uses_tensorflows_convention_in_every_mode():
+    x = tf.random.stateless_normal([4, 3], seed=[1, 2])
+    f = lambda x: x * tf.reduce_sum(x, axis=0, keepdims=True) ** 2  # noqa: E731 - examples interact
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = f(x)
+    want = tape.batch_jacobian(y, x).numpy()
+    for compile in (True, False):
+        for mode in ("rev", "fwd", "auto"):
+            got = tk.batch_jacobian(f, mode=mode, compile=compile)(x)
+            np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"{mode} {compile}")
+
+
+def test_batch_jacobian_is_the_diagonal_blocks_of_jacobian():
+    w = tf.random.stateless_normal([3, 2], seed=[3, 4])
+    f = lambda x: tf.tanh(x @ w)  # noqa: E731 - examples independent
+    x = tf.random.stateless_normal([4, 3], seed=[5, 6])
+    full = tk.jacobian(f)(x).numpy()  # (4, 2, 4, 3)
+    for mode in ("rev", "fwd"):
+        blocks = tk.batch_jacobian(f, mode=mode)(x).numpy()
+        for b in range(4):
+            np.testing.assert_allclose(blocks[b], full[b, :, b, :], rtol=1e-5)
+            for other in set(range(4)) - {b}:
+                assert not np.any(full[b, :, other, :])  # off-diagonal blocks really are zero
