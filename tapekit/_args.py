@@ -29,6 +29,8 @@ _EagerTensor = tf.__internal__.EagerTensor  # not type(tf.constant(...)): import
 def fn_name(fn: Callable) -> str:
     """The readable name of a user function, for messages and generated ``__name__``s."""
     name = getattr(fn, "__name__", None) or getattr(type(fn), "__name__", "fn")
+    if name.startswith("tf__"):  # the copy AutoGraph made of the user's function
+        name = name[4:]
     return "lambda" if name == "<lambda>" else name
 
 
@@ -217,14 +219,22 @@ def _distinct(t: tf.Tensor, seen: set[int] | None) -> tf.Tensor:
 
 
 def prepare_all(
-    values: Sequence[Nest], wheres: Sequence[Where], transform: str
+    values: Sequence[Nest], wheres: Sequence[Where], transform: str, others: Sequence[Any] = ()
 ) -> tuple[list[Nest], list[Any], list[tuple[Nest, int]]]:
     """``prepare`` for all differentiated values of one call (they share ``seen``).
+
+    ``others`` are the values passed to the non-differentiated arguments: a tensor passed there
+    too is watched as a copy, so it stays a constant where it is not differentiated (as in JAX).
 
     Returns ``(values to pass to fn, flat list of values to watch, [(value, leaf count)])``;
     the last is what ``unflatten`` needs to turn per-leaf results back into nests.
     """
     seen: set[int] = set()
+    for other in others:
+        if type(other) is _EagerTensor or isinstance(other, tf.Tensor):
+            seen.add(id(other))
+        elif isinstance(other, (dict, list, tuple)):
+            seen.update(id(t) for t in tf.nest.flatten(other) if isinstance(t, tf.Tensor))
     call_values: list[Nest] = []
     sources: list[Any] = []
     structs: list[tuple[Nest, int]] = []

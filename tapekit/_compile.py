@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from . import _args
+from . import _args, _tensors
 
 Core = Callable[[Callable, "Call"], Any]
 
@@ -75,7 +75,10 @@ def make_call(
     args_list = list(args)
     # a tensor at two positions gets a copy: one derivative per position (see _args.prepare)
     wheres = [functools.partial(_args.describe_arg, fn, i) for i in positions]
-    values, sources, structs = _args.prepare_all([args[i] for i in positions], wheres, transform)
+    others = [a for i, a in enumerate(args) if i not in positions] + list(kwargs.values())
+    values, sources, structs = _args.prepare_all(
+        [args[i] for i in positions], wheres, transform, others
+    )
     for i, value in zip(positions, values):
         args_list[i] = value
     return Call(args_list, kwargs, positions, sources, structs)
@@ -238,6 +241,23 @@ def autographed(fn: Callable) -> Callable:
         return fn
 
 
+def traced(core: Core, fn: Callable, call: Call, transform: str) -> Any:
+    """``core`` run on ``fn`` (converted by AutoGraph) while a graph is built; a tensor handed
+    to NumPy there raises a ``TypeError`` saying why and what to do."""
+    try:
+        return core(autographed(fn), call)
+    except (AttributeError, NotImplementedError, TypeError) as exc:
+        if not _tensors.is_numpy_error(exc):
+            raise
+        raise TypeError(
+            f"{transform}: `{_args.fn_name(fn)}` hands a tensor to NumPy (.numpy(), an np.* "
+            f"function or float()), but {transform} runs it compiled, in a tf.function, where "
+            f"tensors are symbolic ({exc}). NumPy cannot be differentiated anyway: compute "
+            f"with TensorFlow ops (tf.sin instead of np.sin). To debug, compile=False runs it "
+            f"eagerly and names the argument whose derivative NumPy cuts."
+        ) from exc
+
+
 def no_autograph(fn: Callable) -> Callable:
     """Mark a tapekit entry point so AutoGraph (in the user's tf.function) calls it as it is.
 
@@ -250,36 +270,69 @@ def no_autograph(fn: Callable) -> Callable:
 
 
 class _Entry:
-    """One ``tf.function`` for one (user function, transform, options), and its warm calls."""
+    """One ``tf.function`` for one (user function, transform, options), and its warm calls.
 
-    def __init__(self, ref: Callable[[], Any], core: Core, jit_compile: bool, name: str):
+    A trace captures the objects ``fn`` reads through its closure and global names by identity.
+    ``captured()`` gives the identities those names point at now; they are part of the trace
+    key, so rebinding such a name (``scale = tf.constant(3.0)``, ``model = build()``) traces
+    again instead of answering with the old object.
+    """
+
+    def __init__(
+        self, ref: Callable[[], Any], core: Core, jit_compile: bool, name: str, transform: str
+    ):
         def body(spec: Any, opaque: tuple, *flat: tf.Tensor) -> Any:
             fn = ref()
             if fn is None:  # pragma: no cover - the cache entry dies with the function
                 raise RuntimeError("the function of this compiled transform was garbage collected")
-            return core(autographed(fn), join(spec, flat, opaque))
+            return traced(core, fn, join(spec[0], flat, opaque), transform)
 
         body.__name__ = name
         self.name = name
         self.function = tf.function(body, jit_compile=jit_compile, autograph=False)
         self.concrete: dict[Any, Any] = {}
+        self.captured = _captures(ref())
+        self.captured_ids: tuple[int, ...] | None = None
+        self.held: tuple = ()
+        self.generation = 0
         self.warned = False
 
     def __call__(self, spec: Any, flat: list[tf.Tensor], opaque: tuple) -> Any:
-        if opaque or not tf.executing_eagerly():
+        captured = self.captured()
+        ids = tuple(map(id, captured))
+        if ids != self.captured_ids:  # a captured name was rebound: trace again
+            self.concrete.clear()
+            self.captured_ids = ids
+            self.held = captured  # alive, so that a new object cannot reuse one of these ids
+            self.generation += 1
+        spec = (spec, self.generation)
+        if not tf.executing_eagerly():
             out = self.function(spec, opaque, *flat)
             self._check_retracing()
             return out
-        key = (spec, tuple((t.dtype, tuple(t.shape)) for t in flat))
+        handles: list[Any] = []
+        if opaque:  # variables go in as their handles; other objects take the slow path
+            if not all(isinstance(v, tf.Variable) for v in opaque):
+                out = self.function(spec, opaque, *flat)
+                self._check_retracing()
+                return out
+            handles = [v.handle for v in opaque]
+        key = (
+            spec,
+            tuple((t.dtype, tuple(t.shape)) for t in flat),
+            tuple((id(v), v.dtype, tuple(v.shape)) for v in opaque),
+        )
         cf = self.concrete.get(key)
         if cf is None:
             cf = self.function.get_concrete_function(spec, opaque, *flat)
+            if opaque and len(cf.inputs) != len(handles) + len(flat) + len(cf.captured_inputs):
+                cf = None  # pragma: no cover - a TF that passes variables differently
             self.concrete[key] = cf
             self._check_retracing()
         call_flat = getattr(cf, "_call_flat", None)
         if call_flat is None:  # pragma: no cover - older/newer TF without the fast entry point
-            return cf(*flat)
-        return call_flat(flat, cf.captured_inputs)
+            return self.function(spec, opaque, *flat)
+        return call_flat(handles + flat if handles else flat, cf.captured_inputs)
 
     def _check_retracing(self) -> None:
         """Warn once when one transform of one function keeps being traced again."""
@@ -289,12 +342,96 @@ class _Entry:
             warnings.warn(
                 f"tapekit: `{self.name}` was traced {count} times, once per new input signature "
                 f"(shapes, dtypes and the values of Python numbers/strings passed to "
-                f"non-differentiated arguments, which are constants of the trace). If a Python "
-                f"number changes from call to call, pass it as a tensor (tf.constant(t)); if "
-                f"shapes change, pass compile=False.",
+                f"non-differentiated arguments, which are constants of the trace, and the "
+                f"objects bound to the names fn reads from its closure or globals). If a Python "
+                f"number changes from call to call, pass it as a tensor (tf.constant(t)); if a "
+                f"captured tensor is rebound at every call, pass it as an argument or keep it "
+                f"in a tf.Variable and assign to it; if shapes change, pass compile=False.",
                 RetracingWarning,
                 stacklevel=5,  # the user's call of the transformed function
             )
+
+
+def _captures(fn: Any) -> Callable[[], tuple]:
+    """A function returning the objects ``fn``'s closure cells and global names point at now.
+
+    The names are read once from ``fn``'s code (and one level into the user functions it
+    calls by name); reading their current objects is a few dict lookups per call.
+    """
+    cells: list[Any] = []
+    names: list[tuple[dict, str]] = []
+    _collect(fn, cells, names, depth=0)
+    if not cells and not names:
+        return tuple
+    missing = object()
+
+    def captured() -> tuple:
+        out = []
+        for cell in cells:
+            try:
+                out.append(cell.cell_contents)
+            except ValueError:  # an empty cell (the name is assigned later in the outer scope)
+                out.append(missing)
+        out.extend(g.get(n, missing) for g, n in names)
+        return tuple(out)
+
+    return captured
+
+
+def captured_objects(fn: Callable) -> tuple:
+    """The objects ``fn``'s closure cells and global names point at now (see ``_captures``)."""
+    return _captures(fn)()
+
+
+def _collect(fn: Any, cells: list, names: list, depth: int) -> None:
+    """Add the closure cells and (globals, name) pairs of user function ``fn`` (see _captures)."""
+    if inspect.ismethod(fn):
+        fn = fn.__func__
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if not inspect.isfunction(fn):
+        return
+    if _from_library(fn):  # e.g. a tapekit transform: look at the user functions it holds
+        if (fn.__module__ or "").startswith("tapekit"):
+            for cell in fn.__closure__ or ():
+                inner = cell.cell_contents
+                if callable(inner) and inner is not fn:
+                    _collect(inner, cells, names, depth)
+        return
+    code = fn.__code__
+    nested = []
+    for cell in fn.__closure__ or ():
+        if all(c is not cell for c in cells):
+            cells.append(cell)
+            try:
+                nested.append(cell.cell_contents)
+            except ValueError:
+                pass
+    glob = fn.__globals__
+    for name in sorted(_code_names(code)):
+        value = glob.get(name, glob)
+        if value is glob or isinstance(value, types.ModuleType):
+            continue
+        if all(not (g is glob and n == name) for g, n in names):
+            names.append((glob, name))
+            nested.append(value)
+    if depth == 0:
+        for value in nested:
+            if inspect.isfunction(value) and value is not fn:
+                _collect(value, cells, names, depth + 1)
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    """The global/attribute names a code object and the code nested in it use."""
+    out = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            out |= _code_names(const)
+    return out
+
+
+def _from_library(fn: Callable) -> bool:
+    return (getattr(fn, "__module__", None) or "").split(".")[0] in _NO_AUTOGRAPH
 
 
 class RetracingWarning(UserWarning):
@@ -346,7 +483,7 @@ def run(
     if not compile or tf.config.functions_run_eagerly():  # debugging: honour the global switch
         return core(fn, call)
     if not jit_compile and not tf.executing_eagerly():
-        return core(autographed(fn), call)  # already inside a graph being built: inline into it
+        return traced(core, fn, call, transform)  # inside a graph being built: inline into it
     entries, ref, sub = _store(fn)
     if not entries:  # a function object seen for the first time
         _count_new_function(fn, transform)
@@ -354,7 +491,7 @@ def run(
     entry = entries.get(key)
     if entry is None:
         name = f"{transform}_of_{getattr(fn, '__name__', 'fn')}".replace("<", "").replace(">", "")
-        entry = _Entry(ref, core, jit_compile, name)
+        entry = _Entry(ref, core, jit_compile, name, transform)
         entries[key] = entry
     spec, flat, opaque = split(call)
     return entry(spec, flat, opaque)

@@ -16,7 +16,7 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.python.framework import ops as _ops
 
-from .errors import DisconnectedGradientError
+from .errors import DisconnectedGradientError, NoGradientError
 
 _NONE = tf.UnconnectedGradients.NONE
 
@@ -68,10 +68,37 @@ CAUSES = {
         "compute the target inside the `with` block from the watched values, with "
         "differentiable TensorFlow ops only",
     ),
+    "target_is_variable": (
+        "the target is the variable {target} itself, and a variable is not computed from "
+        "anything the tape recorded",
+        "compute the target from the source inside the `with` block (e.g. y = v * x), or "
+        "pass v.read_value() / the value computed from it as the target",
+    ),
+    "stop_recording": (
+        "it was used only inside `tape.stop_recording()`, where the tape records nothing",
+        "compute the part of the target that depends on it outside the stop_recording() block",
+    ),
     "not_connected": (
         "the target does not depend on it{detail}",
         "use it in computing the target; if it flows through tf.round, tf.argmax, an integer "
         "tf.cast or tf.stop_gradient, that path carries no gradient by design",
+    ),
+    "numpy": (
+        "the output is computed from it through NumPy (.numpy(), np.* functions or float() "
+        "on a tensor), which TensorFlow cannot differentiate",
+        "compute it with TensorFlow ops (tf.sin instead of np.sin) and keep tensors as tensors",
+    ),
+    "assign_cut": (
+        "it reaches the output only through an assignment to a variable ({op}), and "
+        "TensorFlow does not differentiate through assign/assign_add",
+        "compute the new value as a tensor (y = (v + x) ** 2 instead of v.assign_add(x); "
+        "y = v ** 2), or differentiate with respect to the variable itself",
+    ),
+    "no_input_gradient": (
+        "the path to the output goes through op {op}, whose gradient TensorFlow does not "
+        "define with respect to this input (it does for another input of the op)",
+        "write the derivative yourself with tf.custom_gradient, or differentiate with respect "
+        "to the other input",
     ),
     "no_gradient_op": (
         "the path to the target goes through op `{op}`, which has no registered gradient",
@@ -119,13 +146,18 @@ def causes(
     watched: dict[int, Any],
     watch_accessed: bool,
     recorded: Callable[[list], bool],
+    paused: frozenset[int] = frozenset(),
 ) -> list[tuple[int, str, dict]]:
     """``(source index, cause code, details)`` for each source index in ``missing``.
 
-    ``recorded(tensors)`` tells whether ``tape`` recorded an op producing any of ``tensors``
+    ``recorded(tensors)`` tells whether ``tape`` recorded an op producing any of ``tensors``;
+    ``paused`` holds the ids of the sources used while ``stop_recording()`` was active
     (``should_record_backprop`` with only that tape active).
     """
     bad_target = next((t for t in targets if not _is_float(t)), None)
+    var_target = next((t for t in targets if isinstance(t, tf.Variable)), None)
+    # should_record_backprop does not take variables: ask about their values' records
+    targets = [t for t in targets if not isinstance(t, tf.Variable)]
     variables = list(tape.watched_variables())
     var_ids = {id(v) for v in variables}
     target_known: bool | None = None
@@ -137,6 +169,12 @@ def causes(
             continue
         if bad_target is not None:
             out.append((j, "integer_target", {"dtype": bad_target.dtype.name}))
+            continue
+        if id(s) in paused:
+            out.append((j, "stop_recording", {}))
+            continue
+        if var_target is not None and not targets:
+            out.append((j, "target_is_variable", {"target": f"'{var_target.name}'"}))
             continue
         if isinstance(s, tf.Variable) and id(s) not in var_ids:
             if not watch_accessed:
@@ -162,8 +200,17 @@ def causes(
         if target_known is None:
             target_known = recorded(targets)
         code = "not_connected" if target_known else "target_not_recorded"
-        out.append((j, code, {"detail": ""}))
+        eager = all(isinstance(t, tf.__internal__.EagerTensor) for t in targets)
+        out.append((j, code, {"detail": _UNSEEN if eager else ""}))
     return out
+
+
+_UNSEEN = (
+    " through ops TensorFlow can differentiate (perhaps not at all; or only through NumPy, an "
+    "assignment such as v.assign_add(x), or an op whose gradient TensorFlow leaves undefined "
+    "for this input, such as tf.math.betainc w.r.t. a: an eager tape keeps no record of "
+    "which; tapekit.grad of the same computation names it)"
+)
 
 
 def no_gradient_op(tape: tf.GradientTape, targets: list, sources: list, exc: LookupError) -> tuple:
@@ -189,7 +236,7 @@ def _blocking_ops(targets: list, source: Any) -> str:
     except (AttributeError, IndexError):
         return ""  # eager tensors keep no graph to walk
     try:
-        starts = _graph_tensors(source, graph)
+        starts = graph_tensors(source, graph)
         below = set()
         stack = [t.op for t in targets if getattr(t, "graph", None) is graph]
         while stack:
@@ -213,7 +260,7 @@ def _blocking_ops(targets: list, source: Any) -> str:
         return ""
 
 
-def _graph_tensors(source: Any, graph: Any) -> list:
+def graph_tensors(source: Any, graph: Any) -> list:
     if isinstance(source, tf.Variable):
         handle = source.handle
         if getattr(handle, "graph", None) is graph:
@@ -246,6 +293,7 @@ def error(
     descriptions: list[str],
     total: int,
     allow_alternatives: bool = True,
+    header: str | None = None,
 ) -> DisconnectedGradientError:
     """The :class:`DisconnectedGradientError` listing every source, its cause and the fix.
 
@@ -253,7 +301,8 @@ def error(
     ``descriptions[j]`` says what it is (see :func:`describe`).
     """
     lines = [
-        f"{method}: no gradient for {len(found)} of {total} source(s) (TensorFlow would "
+        header
+        or f"{method}: no gradient for {len(found)} of {total} source(s) (TensorFlow would "
         f"return None):"
     ]
     pairs = []
@@ -267,4 +316,5 @@ def error(
             "To accept missing gradients, pass unconnected='zero' (zeros) or unconnected='none' "
             "(None)."
         )
-    return DisconnectedGradientError("\n".join(lines), pairs)
+    cls = NoGradientError if any(c == "no_gradient_op" for _, c, _ in found) else None
+    return (cls or DisconnectedGradientError)("\n".join(lines), pairs)

@@ -15,7 +15,7 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.python.eager import record as _record
 
-from . import _diagnose
+from . import _diagnose, _missing
 
 _NONE = tf.UnconnectedGradients.NONE
 _ZERO = tf.UnconnectedGradients.ZERO
@@ -53,6 +53,8 @@ class Nested:
         self.rec = [False] * order
         self.watch_accessed = watch_accessed_variables
         self.watched: dict[int, Any] = {}  # id -> tensor/variable (kept alive so ids stay valid)
+        self.paused: set[int] = set()  # ids of variables read inside stop_recording()
+        self.keep: list[Any] = []  # ... kept alive so those ids stay valid
 
     def push(self) -> None:
         for i, t in enumerate(self.tapes):
@@ -137,6 +139,11 @@ class Nested:
                 raise self._error(method, labels, found, flat, False) from exc
             for j, g in zip(use, got):
                 grads[j] = g
+        if _missing.graph_of(targets) is not None:  # in a graph: a cut path is named (once per
+            with self.recording(()):  # trace), also next to a path that has a gradient
+                cut = _missing.cuts(targets, src, use)
+            if cut:
+                raise self._error(method, labels, cut, flat, False)
         missing = [j for j, g in enumerate(grads) if g is None]
         if missing and mode == "raise":
             with self.recording(()):
@@ -148,6 +155,7 @@ class Nested:
                     watched=self.watched,
                     watch_accessed=self.watch_accessed,
                     recorded=self.recorded,
+                    paused=frozenset(self.paused),
                 )
             raise self._error(method, labels, found, flat, True)
         if missing and mode == "zero":

@@ -110,7 +110,7 @@ def pfor(
         out = _loop(loop_fn, iters)  # if this fails too, its error (maybe fn's own) is raised
     if (what, op) not in _warned:  # the fallback worked: say once that it is slower
         _warned.add((what, op))
-        reason = str(strict_error).split(" (")[0].split("\n")[0][:80]
+        reason = _reason(strict_error)
         cannot = f"op `{op}`" if op else f"part of this computation ({reason})"
         warnings.warn(
             f"{what}: TensorFlow cannot vectorize {cannot}, so those iterations run one by one "
@@ -120,6 +120,15 @@ def pfor(
             stacklevel=2,
         )
     return out
+
+
+def _reason(exc: BaseException) -> str:
+    """The message of ``exc`` without AutoGraph's "in user code:" frame listing."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("in user code", "File "))]
+    text = lines[-1] if lines else type(exc).__name__
+    text = re.sub(r"^\w+(Error|Exception): ", "", text)
+    return text.split(" (")[0][:80]
 
 
 def _loop(loop_fn: Callable[[tf.Tensor], list[tf.Tensor]], iters: Any) -> list[tf.Tensor]:
@@ -207,7 +216,7 @@ def reverse(
         return [dense(g) for g in gradient(cots)]
 
     if _is_zero(total) or any(_is_zero(_prod(d[skip:])) for d in s_dims):
-        rows = [tf.zeros(_arg([total] + d), _src_dtype(s)) for d, s in zip(s_dims, sources)]
+        rows = [tf.zeros(_arg([total] + d), src_dtype(s)) for d, s in zip(s_dims, sources)]
     else:
         rows = pfor(loop_fn, total, chunk_size, what)
     out = []
@@ -248,7 +257,7 @@ def forward(
     s_dims = [_dims(s, what) for s in sources]
     skip = 1 if batch else 0
     offsets, total = _offsets([_prod(d[skip:]) for d in s_dims])
-    s_dtypes = [_src_dtype(s) for s in sources]
+    s_dtypes = [src_dtype(s) for s in sources]
 
     def loop_fn(i: tf.Tensor) -> list[tf.Tensor]:
         return list(
@@ -338,7 +347,7 @@ def dense(g: Any) -> Any:
     return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
 
 
-def _src_dtype(s: Any) -> tf.DType:
+def src_dtype(s: Any) -> tf.DType:
     inner = getattr(s, "value", None)
     if not isinstance(s, (tf.Tensor, tf.Variable)) and isinstance(inner, tf.Variable):
         return inner.dtype

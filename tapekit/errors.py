@@ -47,6 +47,14 @@ class DisconnectedGradientError(TapekitError, ValueError):
         return (type(self), (str(self), self.sources))
 
 
+class NoGradientError(DisconnectedGradientError, LookupError):
+    """An op on the path has no registered gradient.
+
+    Also a ``LookupError``: what TensorFlow raises for it, so ``except LookupError`` keeps
+    working (a private subclass; catch :class:`DisconnectedGradientError` or ``LookupError``).
+    """
+
+
 class NonFiniteError(TapekitError, FloatingPointError):
     """A loss or gradient became NaN or infinite during training.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from . import _args, _compile, _vectorize
+from . import _args, _compile, _missing, _vectorize
 from ._args import ArgNums
 from .jacobians import _check_primals, _flatten_like, _match_dtype_shape
 
@@ -24,8 +24,13 @@ _ZERO = tf.UnconnectedGradients.ZERO
 
 
 def _scalar(fn: Callable, call: _compile.Call, transform: str) -> tf.Tensor:
-    value = _args.as_output_tensor(fn(*call.args, **call.kwargs), fn, transform)
-    _args.check_scalar(value, fn, transform)
+    def select(out: Any) -> list[tf.Tensor]:
+        value = _args.as_output_tensor(out, fn, transform)
+        _args.check_scalar(value, fn, transform)
+        return [value]
+
+    (value,) = select(fn(*call.args, **call.kwargs))
+    _missing.check_call(fn, call, [value], select, transform)  # once per trace when compiled
     return value
 
 
@@ -120,7 +125,7 @@ def hessian(
     nums, single = _args.normalize_argnums(argnums, "hessian")
     _compile.check_options("hessian", mode, compile, jit_compile, chunk_size)
     core = _hessian_core(single, "fwd" if mode == "fwd" else "rev", chunk_size)
-    options = (nums, mode, chunk_size)
+    options = (nums, single, mode, chunk_size)
 
     def hessian_fn(*args: Any, **kwargs: Any) -> Any:
         call = _compile.make_call(fn, args, kwargs, nums, "hessian")

@@ -13,13 +13,14 @@ from typing import Any
 
 import tensorflow as tf
 
-from . import _args, _compile, _vectorize
+from . import _args, _compile, _missing, _tensors, _vectorize
 from ._args import ArgNums
 from .errors import describe_received
 
 __all__ = ["batch_jacobian", "jacobian", "jvp", "vjp"]
 
-_ZERO = tf.UnconnectedGradients.ZERO
+_ZERO = _tensors.ZERO
+_NONE = _tensors.NONE
 
 
 def _check_primals(primals: Any, transform: str, what: str = "primals") -> list[Any]:
@@ -84,25 +85,34 @@ def _check_keys(structure: Any, value: Any, where: str, transform: str) -> None:
             _check_keys(s, v, where, transform)
 
 
-def jvp(fn: Callable, primals: Sequence[Any], tangents: Sequence[Any]) -> tuple[Any, Any]:
+def jvp(
+    fn: Callable, primals: Sequence[Any], tangents: Sequence[Any], *, has_aux: bool = False
+) -> tuple[Any, ...]:
     """Evaluate ``fn`` and its Jacobian-vector product (forward mode).
 
     Args:
         fn: A function of ``len(primals)`` positional arguments returning a tensor or a nest of
-            tensors.
+            tensors (or ``(out, aux)`` with ``has_aux``).
         primals: A tuple (or list) with the point at which to evaluate, one entry per argument;
             entries may be numbers, arrays, tensors, variables or nests of them.
         tangents: The direction: same structure, shapes and dtypes as ``primals`` (Python numbers
             and arrays are converted to the primal's dtype).
+        has_aux: If True, ``fn`` returns ``(out, aux)``; ``aux`` is returned untouched.
 
     Returns:
-        ``(out, tangent_out)``: ``fn(*primals)`` and J·tangents, with the structure, shapes and
-        dtypes of ``out``. Outputs that do not depend on the primals get zero tangents.
+        ``(out, tangent_out)``, or ``(out, tangent_out, aux)`` with ``has_aux``: ``fn(*primals)``
+        and J·tangents, with the structure, shapes and dtypes of ``out``. Outputs that do not
+        depend on the primals get zero tangents. Where TensorFlow cannot run ``fn`` in forward
+        mode (``tf.map_fn`` inside a ``tf.function``), the same product is computed in reverse
+        mode (the gradient of a vector-Jacobian product).
 
     Raises:
         TypeError: If ``fn`` is not callable, ``primals``/``tangents`` are not tuples, a primal is
             not floating point, or a tangent's dtype differs from its primal's.
-        ValueError: If ``tangents`` do not match ``primals`` in length, structure or shape.
+        ValueError: If ``tangents`` do not match ``primals`` in length, structure or shape, or
+            ``fn`` does not return a pair with ``has_aux``.
+        DisconnectedGradientError: If an output is computed from a primal along a path that
+            TensorFlow cannot differentiate (NumPy, an op without that gradient, an assignment).
 
     Example:
         >>> import tensorflow as tf, tapekit
@@ -118,40 +128,76 @@ def jvp(fn: Callable, primals: Sequence[Any], tangents: Sequence[Any]) -> tuple[
             f"jvp needs one tangent per primal, but received {len(primals)} primals and "
             f"{len(tangents)} tangents."
         )
-    call_args, watch, tans = [], [], []
-    seen: set[int] = set()
-    for i, (p, t) in enumerate(zip(primals, tangents)):
-        call_value, watched = _args.prepare(p, f"primal {i}", "jvp", seen)
-        call_args.append(call_value)
-        flat_t = _flatten_like(t, call_value, f"tangent {i}", "jvp")
-        for j, (w, ft) in enumerate(zip(watched, flat_t)):
-            where = f"tangent {i}" if len(watched) == 1 else f"tangent {i} (leaf {j})"
+    wheres = [f"primal {i}" for i in range(len(primals))]
+    call_args, watch, structs = _args.prepare_all(primals, wheres, "jvp")
+    tans: list[tf.Tensor] = []
+    start = 0
+    for i, ((value, n), t) in enumerate(zip(structs, tangents)):
+        flat_t = _flatten_like(t, value, f"tangent {i}", "jvp")
+        for j, (w, ft) in enumerate(zip(watch[start : start + n], flat_t)):
+            where = f"tangent {i}" if n == 1 else f"tangent {i} (leaf {j})"
             tans.append(_match_dtype_shape(ft, w, where, "jvp"))
-        watch.extend(watched)
-    with tf.autodiff.ForwardAccumulator(watch, tans) as acc:
-        out = fn(*call_args)
-    out = tf.nest.map_structure(lambda o: _args.as_output_tensor(o, fn, "jvp"), out)
-    tangent_out = tf.nest.map_structure(lambda o: acc.jvp(o, unconnected_gradients=_ZERO), out)
-    return out, tangent_out
+        start += n
+
+    def split(out: Any) -> tuple[Any, Any]:
+        if has_aux:
+            out, aux = _tensors.split_aux(out, fn, "jvp")
+        else:
+            aux = None
+        return tf.nest.map_structure(lambda o: _args.as_output_tensor(o, fn, "jvp"), out), aux
+
+    def forward() -> tuple[Any, list[Any], Any]:
+        with tf.autodiff.ForwardAccumulator(watch, tans) as acc:
+            out, aux = split(fn(*call_args))
+        return out, [acc.jvp(o, unconnected_gradients=_NONE) for o in tf.nest.flatten(out)], aux
+
+    def reverse() -> tuple[Any, list[Any], Any]:  # d/du <vjp(u), t>: J·t by two reverse passes
+        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as inner:
+            inner.watch(watch)
+            out, aux = split(fn(*call_args))
+        flat_out = tf.nest.flatten(out)
+        us = [tf.zeros_like(o) for o in flat_out]
+        with tf.GradientTape(watch_accessed_variables=False) as outer:
+            outer.watch(us)
+            gs = inner.gradient(flat_out, watch, output_gradients=us, unconnected_gradients=_ZERO)
+            gs = [_tensors.dense(g) for g in gs]
+        flat_t = outer.gradient(gs, us, output_gradients=tans, unconnected_gradients=_NONE)
+        return out, flat_t, aux
+
+    out, flat_t, aux = _vectorize.forward_or_reverse(forward, reverse)
+    flat_out = tf.nest.flatten(out)
+    positions = list(range(len(primals)))
+    call = _compile.Call(call_args, {}, positions, watch, structs)
+    retrace = _missing.retrace(fn, call, lambda o: tf.nest.flatten(split(o)[0]))
+    names = lambda: _missing.labels(fn, positions, structs, wheres)  # noqa: E731
+    _missing.check(flat_out, watch, "jvp", names, retrace)  # forward mode gives zeros for a cut
+    flat_t = [tf.zeros_like(o) if t is None else t for t, o in zip(flat_t, flat_out)]
+    tangent_out = tf.nest.pack_sequence_as(out, flat_t)
+    return (out, tangent_out, aux) if has_aux else (out, tangent_out)
 
 
-def vjp(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
+def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
     """Evaluate ``fn`` and return a function for its vector-Jacobian products (reverse mode).
 
     Args:
         fn: A function of ``len(primals)`` positional arguments returning a tensor or a nest of
-            tensors.
+            tensors (or ``(out, aux)`` with ``has_aux``).
         *primals: The point at which to evaluate: numbers, arrays, tensors, variables or nests.
+        has_aux: If True, ``fn`` returns ``(out, aux)``; ``aux`` is returned untouched.
 
     Returns:
-        ``(out, vjp_fn)``. ``vjp_fn(cotangent)`` takes a cotangent with ``out``'s structure and
-        shapes (numbers are broadcast-free converted to ``out``'s dtype) and returns a tuple with
-        one gradient per primal, each shaped like its primal. ``vjp_fn`` may be called many
-        times; the recording is released when ``vjp_fn`` is garbage collected.
+        ``(out, vjp_fn)``, or ``(out, vjp_fn, aux)`` with ``has_aux``. ``vjp_fn(cotangent)``
+        takes a cotangent with ``out``'s structure and shapes (numbers are converted to
+        ``out``'s dtype) and returns a tuple with one gradient per primal, each shaped like its
+        primal (zeros for a primal ``out`` does not use). ``vjp_fn`` may be called many times;
+        the recording is released when ``vjp_fn`` is garbage collected.
 
     Raises:
         TypeError: If ``fn`` is not callable or a primal or output is not floating point.
         ValueError: If a cotangent does not match ``out``'s structure or shape.
+        DisconnectedGradientError: (from ``vjp_fn``) if ``out`` is computed from a primal along
+            a path TensorFlow cannot differentiate (NumPy, an op without that gradient, an
+            assignment).
 
     Example:
         >>> import tensorflow as tf, tapekit
@@ -166,8 +212,20 @@ def vjp(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
     with tape:
         tape.watch(sources)
         out = fn(*call_args)
+    aux = None
+    if has_aux:
+        out, aux = _tensors.split_aux(out, fn, "vjp")
     out = tf.nest.map_structure(lambda o: _args.as_output_tensor(o, fn, "vjp"), out)
     flat_out = tf.nest.flatten(out)
+    positions = list(range(len(primals)))
+    call = _compile.Call(call_args, {}, positions, sources, structs)
+
+    def select(o: Any) -> list[tf.Tensor]:
+        o = _tensors.split_aux(o, fn, "vjp")[0] if has_aux else o
+        return [_args.as_output_tensor(t, fn, "vjp") for t in tf.nest.flatten(o)]
+
+    names = lambda: _missing.labels(fn, positions, structs, wheres)  # noqa: E731
+    _missing.check(flat_out, sources, "vjp", names, _missing.retrace(fn, call, select))
 
     def vjp_fn(cotangent: Any) -> tuple[Any, ...]:
         flat_c = _flatten_like(cotangent, out, "the cotangent", "vjp")
@@ -177,12 +235,15 @@ def vjp(fn: Callable, *primals: Any) -> tuple[Any, Callable]:
             )
             for j, (c, o) in enumerate(zip(flat_c, flat_out))
         ]
-        flat = tape.gradient(flat_out, sources, output_gradients=cots, unconnected_gradients=_ZERO)
-        flat = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in flat]
+        flat = tape.gradient(flat_out, sources, output_gradients=cots, unconnected_gradients=_NONE)
+        flat = [
+            _tensors.zeros_like_source(s) if g is None else _tensors.dense(g)
+            for g, s in zip(flat, sources)
+        ]
         return tuple(_args.unflatten(flat, structs))
 
     vjp_fn.__name__ = vjp_fn.__qualname__ = f"vjp_of_{_args.fn_name(fn)}"
-    return out, vjp_fn
+    return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,6 +263,7 @@ def _jacobian_core(single: bool, mode: str, chunk_size: int | None, batch: bool)
                 tape.watch(call.sources)
                 out = fn(*call.args, **call.kwargs)
             flat_out = outputs(out)
+            _missing.check_call(fn, call, flat_out, outputs, transform)
             if batch:
                 _vectorize.check_batch(call.sources, flat_out, fn)
             return tape, out, flat_out
@@ -234,8 +296,12 @@ def _jacobian_core(single: bool, mode: str, chunk_size: int | None, batch: bool)
             blocks = _vectorize.forward(
                 jvp, call.sources, first, batch=batch, chunk_size=chunk_size, what=transform
             )
+            # forward mode gives zeros where a path is cut
+            _missing.check_call(fn, call, outputs(seen[0]), outputs, transform)
             if batch:
                 _vectorize.check_batch(call.sources, outputs(seen[0]), fn)
+            if batch:  # TensorFlow's convention in every mode (see _interacting)
+                blocks = _batch_convention(fn, call, outputs, blocks, lambda: reverse(record())[1])
             return seen[0], blocks
 
         recorded = None if mode == "fwd" else record()
@@ -256,6 +322,39 @@ def _jacobian_core(single: bool, mode: str, chunk_size: int | None, batch: bool)
     return core
 
 
+def _batch_convention(
+    fn: Callable, call: _compile.Call, outputs: Callable, blocks: list, reverse: Callable
+) -> list:
+    """Forward-mode ``blocks`` of a batch Jacobian, or the reverse-mode ones if examples interact.
+
+    When output example ``b`` depends on input example ``b' != b`` (batch normalization in
+    training mode), forward mode would sum over the input batch and reverse mode over the
+    output batch. tapekit keeps TensorFlow's ``batch_jacobian`` convention (reverse mode) in
+    every mode: one probe tangent on example 0 finds the interaction, at the cost of one more
+    forward pass, and then the reverse-mode blocks are computed instead.
+    """
+    probe = []
+    for s in call.sources:
+        dtype = _vectorize.src_dtype(s)
+        inner = tf.shape(s)[1:]
+        pattern = tf.reshape(
+            tf.sin(tf.range(1, tf.reduce_prod(inner) + 1, dtype=tf.float32)), inner
+        )
+        mask = tf.one_hot(0, tf.shape(s)[0], dtype=tf.float32)
+        mask = tf.reshape(mask, tf.concat([[-1], tf.ones_like(inner)], 0))
+        probe.append(tf.cast(mask * pattern, dtype))
+    with tf.autodiff.ForwardAccumulator(call.sources, probe) as acc:
+        result = fn(*call.args, **call.kwargs)
+    leaks = [
+        tf.reduce_max(tf.abs(tf.cast(acc.jvp(o, unconnected_gradients=_ZERO)[1:], tf.float32)))
+        for o in outputs(result)
+    ]
+    interacting = tf.reduce_max(tf.stack(leaks)) > 0.0
+    if tf.executing_eagerly():
+        return reverse() if bool(interacting) else blocks
+    return tf.cond(interacting, reverse, lambda: blocks)
+
+
 def _make(
     fn: Callable,
     argnums: ArgNums,
@@ -270,7 +369,7 @@ def _make(
     nums, single = _args.normalize_argnums(argnums, transform)
     _compile.check_options(transform, mode, compile, jit_compile, chunk_size)
     core = _jacobian_core(single, mode, chunk_size, batch)
-    options = (nums, mode, chunk_size)
+    options = (nums, single, mode, chunk_size)
 
     def jacobian_fn(*args: Any, **kwargs: Any) -> Any:
         call = _compile.make_call(fn, args, kwargs, nums, transform)

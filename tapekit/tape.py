@@ -99,6 +99,7 @@ class Tape:
         self._inside = False
         self._used = False
         self._released = False
+        self._watched_before_drop: tuple[tf.Variable, ...] = ()
 
     @property
     def persistent(self) -> bool:
@@ -155,15 +156,57 @@ class Tape:
             stack.watch(_diagnose.tf_value(leaf))
 
     def watched_variables(self) -> tuple[tf.Variable, ...]:
-        """The variables the tape watched (read inside the block, or passed to :meth:`watch`)."""
-        return tuple(self._stack.tapes[-1].watched_variables()) if self._stack else ()
+        """The variables the tape watched (read inside the block, or passed to :meth:`watch`).
+
+        As with ``tf.GradientTape``, they stay available after a non-persistent tape answered.
+        """
+        if self._stack is not None:
+            return tuple(self._stack.tapes[-1].watched_variables())
+        return self._watched_before_drop
 
     @contextlib.contextmanager
     def stop_recording(self) -> Iterator[None]:
-        """A context in which operations are not recorded (like ``GradientTape.stop_recording``)."""
+        """A context in which operations are not recorded (like ``GradientTape.stop_recording``).
+
+        Variables read inside it are remembered, so a missing gradient w.r.t. one of them names
+        ``stop_recording`` as the cause.
+        """
         stack = self._live("stop_recording")
         with stack.recording(()):
-            yield
+            side = tf.GradientTape(watch_accessed_variables=True)  # notes the reads only
+            with side:
+                yield
+            stack.paused.update(id(v) for v in side.watched_variables())
+            stack.keep.extend(side.watched_variables())
+
+    def reset(self) -> None:
+        """Forget everything recorded so far, as ``tf.GradientTape.reset`` does.
+
+        Inside the ``with`` block recording goes on with an empty tape (the ``watch=`` values
+        of the constructor are watched again); outside it, the next ``with`` starts afresh. A
+        non-persistent tape that already answered can be used again after ``reset()``.
+
+        Raises:
+            RuntimeError: If the tape was released.
+
+        Example:
+            >>> import tensorflow as tf, tapekit
+            >>> x = tf.Variable(3.0)
+            >>> with tapekit.Tape() as tape:
+            ...     y = x * x
+            ...     tape.reset()
+            ...     y = x * x * x
+            >>> float(tape.gradient(y, x))  # 3 x², the first recording is gone
+            27.0
+        """
+        if self._released:
+            self._check_alive("reset")
+        inside = self._inside
+        self._drop()
+        self._used = False
+        self._watched_before_drop = ()
+        if inside:
+            self.__enter__()
 
     def release(self) -> None:
         """Free the recording now. Later use of this Tape raises ``RuntimeError``."""
@@ -392,9 +435,11 @@ class Tape:
 
     def _drop(self) -> None:
         self.__exit__(None, None, None)
+        if self._stack is not None:
+            self._watched_before_drop = tuple(self._stack.tapes[-1].watched_variables())
         self._stack = None
 
 
-_PUBLIC = "watch watched_variables stop_recording release gradient jacobian batch_jacobian"
+_PUBLIC = "watch watched_variables stop_recording reset release gradient jacobian batch_jacobian"
 for _name in (*_PUBLIC.split(), "__enter__", "__exit__"):
     _compile.no_autograph(getattr(Tape, _name))

@@ -15,27 +15,14 @@ from typing import Any
 
 import tensorflow as tf
 
-from . import _args
+from . import _args, _compile, _missing, _tensors, _variables
 from ._args import ArgNums
+from .errors import DisconnectedGradientError
 
 __all__ = ["derivative", "grad", "partial", "partials", "value_and_grad"]
 
-_ZERO = tf.UnconnectedGradients.ZERO
-
-
-def _dense(g: Any) -> Any:
-    """Gradients w.r.t. variables read through tf.gather come back as IndexedSlices."""
-    return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-
-
-def _split_aux(out: Any, fn: Callable, transform: str) -> tuple[Any, Any]:
-    if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise ValueError(
-            f"{transform} with has_aux=True needs `{_args.fn_name(fn)}` to return a pair "
-            f"(value, aux), but it returned {_args.describe_received(out)}. Return "
-            f"`loss, aux` or drop has_aux."
-        )
-    return out[0], out[1]
+_ZERO = _tensors.ZERO
+_dense = _tensors.dense
 
 
 def _value_and_grad_call(
@@ -45,26 +32,87 @@ def _value_and_grad_call(
     argnums: tuple[int, ...],
     has_aux: bool,
     transform: str,
+    where: Callable[[int], str] | None = None,
+    owner: Callable | None = None,
+    others: list[Any] | None = None,
 ) -> tuple[Any, Any, list[Any]]:
-    """Run ``fn`` on a tape; return ``(value, aux, [gradient nest per argnum])``."""
+    """Run ``fn`` on a tape; return ``(value, aux, [gradient nest per argnum])``.
+
+    ``where(i)`` names argument ``i`` in messages; ``owner`` is the user function behind ``fn``
+    and ``others`` the values it receives besides ``args`` (for a wrapper such as the one of
+    :func:`partials`).
+    """
     positions = _args.resolve_argnums(argnums, len(args), fn, transform)
     unique = list(dict.fromkeys(positions))  # argnums=(0, 0) differentiates argument 0 once
     args = list(args)
-    wheres = [functools.partial(_args.describe_arg, fn, i) for i in unique]  # formatted on error
-    values, sources, structs = _args.prepare_all([args[i] for i in unique], wheres, transform)
+    where = where or functools.partial(_args.describe_arg, fn)
+    wheres = [functools.partial(where, i) for i in unique]  # formatted on error only
+    if others is None:
+        others = [a for i, a in enumerate(args) if i not in unique] + list(kwargs.values())
+    values, sources, structs = _args.prepare_all(
+        [args[i] for i in unique], wheres, transform, others
+    )
     for i, value in zip(unique, values):
         args[i] = value
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(sources)
         out = fn(*args, **kwargs)
-    aux = None
-    if has_aux:
-        out, aux = _split_aux(out, fn, transform)
-    value = _args.as_output_tensor(out, fn, transform)
-    _args.check_scalar(value, fn, transform)
-    flat = tape.gradient(value, sources, unconnected_gradients=_ZERO)
-    grads = _args.unflatten([_dense(g) for g in flat], structs)
+
+    def select(out: Any) -> list[tf.Tensor]:
+        value = _args.as_output_tensor(
+            _tensors.split_aux(out, fn, transform)[0] if has_aux else out, fn, transform
+        )
+        _args.check_scalar(value, fn, transform)
+        return [value]
+
+    aux = _tensors.split_aux(out, fn, transform)[1] if has_aux else None
+    (value,) = select(out)
+
+    def names() -> list[str]:
+        return [w() + p for w, (v, _) in zip(wheres, structs) for p in _args.leaf_paths(v)]
+
+    flat = [_tensors.dense(g) for g in _gradient(tape, [value], sources, transform, names)]
+    call = _compile.Call(args, kwargs, unique, sources, structs)
+    _missing.check([value], sources, transform, names, _missing.retrace(fn, call, select, owner))
+    if any(g is None for g in flat):  # an unused input (the check found no cut): zeros
+        flat = [_tensors.zeros_like_source(s) if g is None else g for g, s in zip(flat, sources)]
+    grads = _args.unflatten(flat, structs)
     return value, aux, [grads[unique.index(i)] for i in positions]
+
+
+def _gradient(
+    tape: tf.GradientTape,
+    targets: list,
+    sources: list,
+    transform: str,
+    names: Callable[[], list[str]],
+) -> list[Any]:
+    """``tape.gradient`` with ``None`` for missing gradients; an op without a registered
+    gradient raises the diagnosed error (a ``LookupError`` too) instead of TensorFlow's."""
+    try:
+        return tape.gradient(targets, sources, unconnected_gradients=_tensors.NONE)
+    except LookupError as exc:
+        if isinstance(exc, DisconnectedGradientError):
+            raise
+        raise _missing.no_gradient_error(tape, targets, sources, exc, transform, names()) from exc
+
+
+def _first_gradient(
+    tape: tf.GradientTape,
+    out: tf.Tensor,
+    src: Any,
+    fn1: Callable,
+    owner: Callable,
+    transform: str,
+    where: str,
+) -> tf.Tensor:
+    """The gradient of ``out = fn1(src)`` w.r.t. ``src``: zeros if unused, an error if cut."""
+    names = lambda: [where]  # noqa: E731
+    g = _gradient(tape, out, [src], transform, names)[0]
+    call = _compile.Call([src], {}, [0], [src], [(src, 1)])
+    select = lambda o: [_args.as_output_tensor(o, fn1, transform)]  # noqa: E731
+    _missing.check([out], [src], transform, names, _missing.retrace(fn1, call, select, owner))
+    return _tensors.zeros_like_source(src) if g is None else _dense(g)
 
 
 def _is_nest(x: Any) -> bool:
@@ -82,24 +130,38 @@ def _wrt_label(argnums: tuple[int, ...]) -> str:
     return "_".join(str(a) for a in argnums)
 
 
-def value_and_grad(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False) -> Callable:
+def value_and_grad(
+    fn: Callable,
+    argnums: ArgNums = 0,
+    *,
+    has_aux: bool = False,
+    variables: _variables.Variables | None = None,
+) -> Callable:
     """Make a function that returns ``fn``'s value and its gradient.
 
     Args:
         fn: A function returning a scalar float tensor (or ``(scalar, aux)`` with ``has_aux``).
         argnums: Which positional argument(s) to differentiate: an int, or a tuple of ints.
         has_aux: If True, ``fn`` returns ``(value, aux)`` and ``aux`` is passed through untouched.
+        variables: Differentiate w.r.t. these variables instead of ``argnums``: a Keras
+            layer/model or ``tf.Module`` (its trainable variables, looked up after ``fn`` ran,
+            so a layer built by that call counts), a list of variables, or a function returning
+            one of those. ``argnums`` is then not used.
 
     Returns:
         A function with ``fn``'s signature returning ``(value, grads)``, or
         ``((value, aux), grads)`` with ``has_aux``. ``grads`` is shaped like ``args[argnums]``
-        (same nest and dtype) for an int ``argnums``, and a tuple of those for a tuple. Inputs the
-        value does not depend on get zeros.
+        (same nest and dtype) for an int ``argnums``, and a tuple of those for a tuple; with
+        ``variables``, a dict ``{variable path: gradient}``. Inputs the value does not depend on
+        get zeros.
 
     Raises:
         TypeError: At build time if ``fn`` is not callable or ``argnums`` is not int(s); at call
             time if a differentiated argument is not floating point or the output is not a float.
-        ValueError: At call time if ``argnums`` is out of range or the output is not a scalar.
+        ValueError: At call time if ``argnums`` is out of range, the output is not a scalar, or
+            ``variables`` holds no variables (e.g. a layer that was never built).
+        DisconnectedGradientError: If the output is computed from an input along a path that
+            TensorFlow cannot differentiate (NumPy, an op without that gradient, an assignment).
 
     Example:
         >>> import tapekit
@@ -110,7 +172,14 @@ def value_and_grad(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False)
     _args.check_callable(fn, "value_and_grad")
     nums, single = _args.normalize_argnums(argnums, "value_and_grad")
 
+    _variables.check(variables, "value_and_grad")
+
     def value_and_grad_fn(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        if variables is not None:
+            value, aux, g = _variables.value_and_grad(
+                fn, args, kwargs, variables, has_aux, "value_and_grad"
+            )
+            return ((value, aux), g) if has_aux else (value, g)
         value, aux, grads = _value_and_grad_call(fn, args, kwargs, nums, has_aux, "value_and_grad")
         g = grads[0] if single else tuple(grads)
         return ((value, aux), g) if has_aux else (value, g)
@@ -125,7 +194,13 @@ def value_and_grad(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False)
     )
 
 
-def grad(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False) -> Callable:
+def grad(
+    fn: Callable,
+    argnums: ArgNums = 0,
+    *,
+    has_aux: bool = False,
+    variables: _variables.Variables | None = None,
+) -> Callable:
     """Make a function that returns the gradient of ``fn``'s scalar output.
 
     Args:
@@ -133,17 +208,23 @@ def grad(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False) -> Callab
         argnums: Which positional argument(s) to differentiate: an int, or a tuple of ints.
         has_aux: If True, ``fn`` returns ``(value, aux)`` and the new function returns
             ``(grads, aux)``.
+        variables: Differentiate w.r.t. these variables instead of ``argnums`` (see
+            :func:`value_and_grad`): a Keras layer/model, a ``tf.Module``, a list of variables
+            or a function returning one; the gradient is a dict keyed by variable path.
 
     Returns:
         A function with ``fn``'s signature. For an int ``argnums`` it returns one gradient shaped
         like that argument (same nest and dtype: float64 in, float64 out); for a tuple, a tuple of
-        them. Python numbers are treated as float32 scalars. Inputs the output does not depend on
-        get zeros, never ``None``.
+        them; with ``variables``, ``{variable path: gradient}``. Python numbers are treated as
+        float32 scalars. Inputs the output does not depend on get zeros, never ``None``.
 
     Raises:
         TypeError: At build time if ``fn`` is not callable or ``argnums`` is not int(s); at call
             time if a differentiated argument is integer/bool or the output is not a float.
-        ValueError: At call time if ``argnums`` is out of range or the output is not a scalar.
+        ValueError: At call time if ``argnums`` is out of range, the output is not a scalar, or
+            ``variables`` holds no variables (e.g. a layer that was never built).
+        DisconnectedGradientError: If the output is computed from an input along a path that
+            TensorFlow cannot differentiate (NumPy, an op without that gradient, an assignment).
 
     Example:
         >>> import tensorflow as tf, tapekit
@@ -153,11 +234,21 @@ def grad(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False) -> Callab
         >>> dx, dy = tapekit.grad(lambda x, y: x**2 * y + y + 2, argnums=(0, 1))(3.0, 4.0)
         >>> float(dx), float(dy)
         (24.0, 10.0)
+        >>> import keras
+        >>> layer = keras.layers.Dense(1, kernel_initializer="ones", name="d")  # not built yet
+        >>> g = tapekit.grad(lambda x: tf.reduce_sum(layer(x)), variables=layer)(tf.ones([2, 3]))
+        >>> {k: v.shape for k, v in g.items()}
+        {'d/kernel': TensorShape([3, 1]), 'd/bias': TensorShape([1])}
     """
     _args.check_callable(fn, "grad")
     nums, single = _args.normalize_argnums(argnums, "grad")
 
+    _variables.check(variables, "grad")
+
     def grad_fn(*args: Any, **kwargs: Any) -> Any:
+        if variables is not None:
+            _, aux, g = _variables.value_and_grad(fn, args, kwargs, variables, has_aux, "grad")
+            return (g, aux) if has_aux else g
         _, aux, grads = _value_and_grad_call(fn, args, kwargs, nums, has_aux, "grad")
         g = grads[0] if single else tuple(grads)
         return (g, aux) if has_aux else g
@@ -255,17 +346,25 @@ def partials(fn: Callable, wrt: str | list[str] | tuple[str, ...] | None = None)
         bound = _bind(sig, fn, args, kwargs, "partials")
         # With wrt=None, parameters left at None (e.g. `name=None` of TF ops) are not inputs.
         active = names if explicit else [n for n in names if bound.arguments[n] is not None]
-        values, sources, structs = _args.prepare_all(
-            [bound.arguments[n] for n in active], [f"parameter `{n}`" for n in active], "partials"
+        rest = [v for n, v in bound.arguments.items() if n not in active]
+
+        def with_values(*values: Any) -> Any:
+            bound.arguments.update(zip(active, values))
+            return fn(*bound.args, **bound.kwargs)
+
+        with_values.__name__ = _args.fn_name(fn)
+        _, _, grads = _value_and_grad_call(
+            with_values,
+            tuple(bound.arguments[n] for n in active),
+            {},
+            tuple(range(len(active))),
+            False,
+            "partials",
+            where=lambda i: f"parameter `{active[i]}`",
+            owner=fn,
+            others=rest,
         )
-        bound.arguments.update(zip(active, values))
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(sources)
-            out = fn(*bound.args, **bound.kwargs)
-        value = _args.as_output_tensor(out, fn, "partials")
-        _args.check_scalar(value, fn, "partials")
-        flat = tape.gradient(value, sources, unconnected_gradients=_ZERO)
-        return dict(zip(active, _args.unflatten([_dense(g) for g in flat], structs)))
+        return dict(zip(active, grads))
 
     return _finish(
         partials_fn,
@@ -361,6 +460,16 @@ def partial(fn: Callable, *wrt: str | int) -> Callable:
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(src)
                 out = level(k - 1)
+            if k == 1:  # the first derivative: None is an unused input or a cut path
+                name = names[0]
+
+                def with_value(v: Any) -> Any:
+                    bound.arguments[name] = v
+                    return fn(*bound.args, **bound.kwargs)
+
+                with_value.__name__ = _args.fn_name(fn)
+                where = f"parameter `{name}`"
+                return _first_gradient(tape, out, src, with_value, fn, "partial", where)
             if out.shape.rank == 0:
                 return _dense(tape.gradient(out, src, unconnected_gradients=_ZERO))
             return tape.jacobian(out, src, unconnected_gradients=_ZERO)
@@ -426,6 +535,8 @@ def derivative(fn: Callable[[tf.Tensor], tf.Tensor], order: int = 1) -> Callable
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(src)
                 out = level(k - 1)
+            if k == 1:
+                return _first_gradient(tape, out, src, fn, fn, "derivative", "the points `x`")
             return _dense(tape.gradient(out, src, unconnected_gradients=_ZERO))
 
         return level(order)

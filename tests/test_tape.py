@@ -80,9 +80,80 @@ def test_gradient_inside_the_block_does_not_record_it():
         z = g * x  # recorded: z = 2x², dz/dx = 4x (g itself counts as a constant here)
     assert float(g) == 6.0
     assert float(tape.gradient(z, x)) == 6.0  # g was not recorded, so z = const * x
-    with tape.stop_recording():
-        pass
+    with tape:  # recording again: what runs inside stop_recording() is not recorded
+        with tape.stop_recording():
+            hidden = x**3  # not recorded
+        seen = x**3 + hidden  # recorded: d/dx = 3x² only
+    assert float(tape.gradient(seen, x)) == 27.0
+    with pytest.raises(DisconnectedGradientError):
+        tape.gradient(hidden, x)
     tape.release()
+
+
+def test_stop_recording_is_named_as_the_cause():
+    x, y = tf.Variable(2.0), tf.Variable(3.0)
+    with Tape() as tape:  # the autodiff guide's example
+        x_sq = x * x
+        with tape.stop_recording():
+            y_sq = y * y
+        z = x_sq + y_sq
+    with pytest.raises(DisconnectedGradientError, match=r"sources\['y'\].*stop_recording") as info:
+        tape.gradient(z, {"x": x, "y": y})
+    assert causes(info) == ["stop_recording"]
+
+
+def test_a_variable_as_the_target_raises_naming_it():
+    x, v = tf.constant(1.0), tf.Variable(2.0, name="v")
+    for method in ("gradient", "jacobian"):
+        with Tape(watch=x) as tape:
+            result = v
+        with pytest.raises(
+            DisconnectedGradientError, match=r"target is the variable 'v:0'"
+        ) as info:
+            getattr(tape, method)(result, x)
+        assert causes(info) == ["target_is_variable"]
+
+
+def test_watched_variables_survive_the_answer_and_reset_clears_them():
+    v, w = tf.Variable(2.0), tf.Variable(5.0)
+    with Tape() as tape:
+        y = v * v
+    assert float(tape.gradient(y, v)) == 4.0
+    assert tape.watched_variables() == (v,)  # as tf.GradientTape after a non-persistent answer
+    tape.reset()
+    assert tape.watched_variables() == ()
+    with tape:  # usable again after reset
+        y = w * v
+        tape.reset()  # inside the block: start again with an empty tape
+        z = w * w
+    assert tape.watched_variables() == (w,)
+    assert float(tape.gradient(z, w)) == 10.0
+
+
+def test_cut_paths_are_named_inside_tf_function():
+    a = tf.constant([2.0, 3.0])
+    x1 = tf.Variable(1.0)
+
+    @tf.function
+    def betainc(a):
+        with Tape(watch=a) as tape:
+            y = tf.reduce_sum(tf.math.betainc(a, 2.0, 0.5) + a)  # one path cut, one kept
+        return tape.gradient(y, a)
+
+    with pytest.raises(DisconnectedGradientError, match=r"\(Betainc\).*not define") as info:
+        betainc(a)
+    assert causes(info) == ["no_input_gradient"]
+
+    @tf.function
+    def assigned(x0):
+        with Tape(watch=x0) as tape:
+            x1.assign_add(x0)
+            y = x1**2
+        return tape.gradient(y, x0)
+
+    with pytest.raises(DisconnectedGradientError, match=r"assignment") as info:
+        assigned(tf.constant(1.0))
+    assert causes(info) == ["assign_cut"]
 
 
 def test_tape_jacobian_and_batch_jacobian_match_tensorflow(rng):

@@ -1,0 +1,308 @@
+"""A gradient the transforms could not get: a documented zero, or an error naming the cut.
+
+TensorFlow answers ``None`` both for an input the output does not use and for a path it cannot
+differentiate. The transforms ask their tapes with ``UnconnectedGradients.NONE`` and, only when
+an answer is ``None``, decide which of the two it is from the graph of the computation: inside a
+graph (a compiled transform, or the user's ``tf.function``) the graph at hand is walked at trace
+time; for an eager call ``fn`` is traced once more into a graph (nothing runs), and the verdict
+for an input that is really unused is cached per function and input signature. A path is cut by
+
+- NumPy: ``.numpy()`` or an ``np.*`` function on a tensor (the trace fails on it);
+- an op whose gradient TensorFlow leaves undefined for that input (``tf.math.zeta`` w.r.t. ``x``,
+  ``tf.math.betainc`` w.r.t. ``a``), while it defines it for another input;
+- an assignment (``v.assign_add(x)``) to a variable that the output then reads.
+
+Ops that pass no gradient by design (``tf.stop_gradient``, ``tf.round``, integer results) and
+plainly unused inputs give zeros. Nothing here runs when every gradient exists.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.python.eager import record as _record
+from tensorflow.python.framework import ops as _ops
+
+from . import _args, _compile, _diagnose, _tensors
+
+_STATEFUL_WRITES = ("Assign", "ResourceScatter", "ResourceApply", "ResourceSparseApply")
+_READS = ("ReadVariableOp", "ResourceGather", "ResourceGatherNd")
+
+Found = list[tuple[int, str, dict]]
+
+
+def labels(
+    fn: Callable,
+    positions: Sequence[int],
+    structs: Sequence[tuple[Any, int]],
+    wheres: Sequence[str] | None = None,
+) -> list[str]:
+    """``argument 0 (`x`)['w']`` for each source leaf, in ``sources`` order."""
+    out = []
+    for k, (i, (value, _)) in enumerate(zip(positions, structs)):
+        where = wheres[k] if wheres is not None else _args.describe_arg(fn, i)
+        out.extend(f"{where}{p}" for p in _args.leaf_paths(value))
+    return out
+
+
+def find(
+    targets: list[tf.Tensor],
+    sources: list[Any],
+    missing: list[int],
+    retrace: Callable[[list[int]], Found] | None = None,
+) -> Found:
+    """The cuts on the paths from the ``missing`` sources to ``targets``.
+
+    Graph targets are looked at directly; for eager ones ``retrace(missing)`` traces the
+    function into a graph (see :func:`retrace`); without it nothing is found.
+    """
+    if graph_of(targets) is not None:
+        return cuts(targets, sources, missing)
+    return retrace(missing) if retrace is not None else []
+
+
+def check(
+    targets: list[tf.Tensor],
+    sources: list[Any],
+    transform: str,
+    names: Callable[[], list[str]],
+    retrace: Callable[[list[int]], Found] | None = None,
+) -> None:
+    """Raise the error naming the cut if any path from a source to ``targets`` is cut.
+
+    A cut path is not always a missing gradient: next to a differentiable path it makes the
+    gradient miss a term, and forward mode gives zeros for it. In a graph this runs once per
+    trace; for eager targets the verdict is cached (see :func:`retrace`).
+    """
+    found = find(targets, sources, list(range(len(sources))), retrace)
+    if found:
+        raise error(transform, names(), found, sources)
+
+
+def check_call(
+    fn: Callable,
+    call: _compile.Call,
+    targets: list[tf.Tensor],
+    select: Callable[[Any], list[tf.Tensor]],
+    transform: str,
+) -> None:
+    """:func:`check` for the outputs ``targets`` of a prepared call of ``fn``."""
+    names = lambda: labels(fn, call.positions, call.structs)  # noqa: E731
+    check(targets, call.sources, transform, names, retrace(fn, call, select))
+
+
+def fill(
+    grads: list[Any],
+    sources: list[Any],
+    targets: list[tf.Tensor],
+    transform: str,
+    *,
+    names: Callable[[], list[str]],
+    retrace: Callable[[list[int]], Found] | None = None,
+) -> list[Any]:
+    """``grads`` with each ``None`` made a zero, or the error naming what cut the path."""
+    missing = [j for j, g in enumerate(grads) if g is None]
+    if not missing:
+        return grads
+    found = find(targets, sources, missing, retrace)
+    if found:
+        raise error(transform, names(), found, sources)
+    return [_tensors.zeros_like_source(s) if g is None else g for g, s in zip(grads, sources)]
+
+
+def error(transform: str, names: list[str], found: Found, sources: list[Any]) -> Exception:
+    """The :class:`DisconnectedGradientError` for the cut paths in ``found``."""
+    descriptions = [_diagnose.describe(s) for s in sources]
+    header = (
+        f"{transform}: the derivative with respect to {len(found)} of {len(sources)} "
+        f"source(s) cannot be computed (TensorFlow would silently give None, a zero or a "
+        f"gradient missing a term):"
+    )
+    return _diagnose.error(transform, names, found, descriptions, len(sources), False, header)
+
+
+def no_gradient_error(
+    tape: tf.GradientTape,
+    targets: list,
+    sources: list[Any],
+    exc: LookupError,
+    transform: str,
+    names: list[str],
+) -> Exception:
+    """The error (also a ``LookupError``) for TensorFlow's "no gradient defined for op"."""
+    try:
+        op, hit = _diagnose.no_gradient_op(tape, targets, sources, exc)
+    except Exception:  # noqa: BLE001 - a non-persistent tape cannot be asked again
+        op, _ = _diagnose.no_gradient_op(tape, targets, [], exc)
+        hit = list(range(len(sources)))
+    found = [(j, "no_gradient_op", {"op": op}) for j in hit]
+    return error(transform, names, found, sources)
+
+
+def graph_of(targets: list[Any]) -> Any:
+    for t in targets:
+        graph = getattr(t, "graph", None)
+        if graph is not None and not isinstance(t, tf.__internal__.EagerTensor):
+            return graph
+    return None
+
+
+def cuts(targets: list[tf.Tensor], sources: list[Any], missing: list[int]) -> Found:
+    """``(source index, cause, details)`` for each missing source whose path to ``targets``
+    (graph tensors) is cut by an op without a gradient for it or by an assignment."""
+    graph = graph_of(targets)
+    if graph is None:
+        return []
+    with _record.stop_recording():  # gradient functions are called below: record none of it
+        below = _ancestors([t for t in targets if getattr(t, "graph", None) is graph])
+        reads: dict[Any, int] = {}  # variable handle -> the last op reading it for the targets
+        for op in below:
+            if op.type in _READS and op.inputs:
+                key = op.inputs[0].ref()
+                reads[key] = max(reads.get(key, -1), op._id)
+        out = []
+        for j in missing:
+            starts = _diagnose.graph_tensors(sources[j], graph)
+            cut = _first_cut(starts, below, reads)
+            if cut is not None:
+                out.append((j, *cut))
+        return out
+
+
+def _ancestors(targets: list[tf.Tensor]) -> set:
+    below: set = set()
+    stack = [t.op for t in targets]
+    while stack:
+        op = stack.pop()
+        if op not in below:
+            below.add(op)
+            stack.extend(i.op for i in op.inputs)
+            stack.extend(op.control_inputs)
+    return below
+
+
+def _first_cut(starts: list[tf.Tensor], below: set, reads: dict) -> tuple[str, dict] | None:
+    """Walk forward from ``starts`` along ops that lead to the targets; the first real cut."""
+    frontier = [(c, t) for t in starts for c in t.consumers()]
+    seen: set = set()
+    while frontier:
+        op, via = frontier.pop()
+        if op in seen:
+            continue
+        seen.add(op)
+        label = f"'{op.name}' ({op.type})"
+        if op.type.startswith(_STATEFUL_WRITES):
+            if op.inputs and reads.get(op.inputs[0].ref(), -1) > op._id:  # read after it
+                return "assign_cut", {"op": label}
+            continue
+        if op not in below:  # off the path, but it may feed an assignment the targets read
+            if any(_tensors.is_float(o) for o in op.outputs):
+                frontier.extend((c, o) for o in op.outputs for c in o.consumers())
+            continue
+        verdict = _op_verdict(op, via)
+        if verdict == "cut":
+            return "no_input_gradient", {"op": label}
+        if verdict == "pass":
+            frontier.extend((c, o) for o in op.outputs for c in o.consumers())
+    return None
+
+
+def _op_verdict(op: Any, via: tf.Tensor) -> str:
+    """``"pass"`` (the gradient flows), ``"stop"`` (no gradient by design) or ``"cut"``."""
+    if op.outputs and not any(_tensors.is_float(o) for o in op.outputs):
+        return "stop"  # an integer result (tf.argmax, an integer cast): no gradient by design
+    try:
+        grad_fn = _ops.get_gradient_function(op)
+    except LookupError:
+        return "cut"  # no registered gradient at all (the tape raises for this itself)
+    if grad_fn is None:
+        return "stop"  # registered as not differentiable (tf.stop_gradient and the like)
+    try:
+        grads = grad_fn(op, *[tf.zeros_like(o) for o in op.outputs])
+    except Exception:  # noqa: BLE001 - cannot tell: let the gradient flow on
+        return "pass"
+    grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
+    floats = [k for k, i in enumerate(op.inputs) if _tensors.is_float(i) and k < len(grads)]
+    mine = [k for k in floats if op.inputs[k].ref() == via.ref()]
+    if not mine or any(grads[k] is not None for k in mine):
+        return "pass"
+    if all(grads[k] is None for k in floats):
+        return "stop"  # piecewise constant (tf.round, tf.floor): a zero derivative by design
+    return "cut"  # defined for another input, left undefined for this one
+
+
+# ---------------------------------------------------------------------------------------------
+# Eager calls: trace fn once more into a graph and look there.
+
+_VERDICTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def retrace(
+    fn: Callable,
+    call: _compile.Call,
+    select: Callable[[Any], list[tf.Tensor]],
+    key_fn: Callable | None = None,
+) -> Callable[[list[int]], Found]:
+    """A ``retrace(missing)`` for :func:`find`: trace ``fn`` on ``call`` and find the cuts.
+
+    Only the differentiated tensors become symbolic in that trace (other arguments stay as
+    they are, so ``.numpy()`` on them still works); a NumPy conversion is pinned on the source
+    it comes from by tracing once per source. ``select(out)`` picks the differentiated
+    outputs of what ``fn`` returns. Verdicts are cached per ``key_fn`` (default ``fn``),
+    input signature and captured objects.
+    """
+
+    def run(missing: list[int]) -> Found:
+        owner = key_fn or fn
+        spec, flat, opaque = _compile.split(call)
+        key = (
+            spec,
+            tuple((t.dtype, tuple(t.shape)) for t in flat),
+            tuple(map(id, opaque)),
+            tuple(map(id, _compile.captured_objects(owner))),
+            tuple(missing),
+        )
+        try:
+            cache = _VERDICTS.setdefault(owner, {})
+        except TypeError:
+            cache = {}
+        if key not in cache:
+            found = _trace_cuts(fn, call, select, missing)
+            if found is None:  # NumPy somewhere: find out which sources it comes from
+                found = []
+                for j in missing:
+                    one = _trace_cuts(fn, call, select, [j])
+                    found.extend([(j, "numpy", {})] if one is None else one)
+            cache[key] = found
+        return cache[key]
+
+    return run
+
+
+def _trace_cuts(
+    fn: Callable, call: _compile.Call, select: Callable, missing: list[int]
+) -> Found | None:
+    """The cuts for ``missing`` sources (symbolic in the trace); ``None`` if NumPy got one."""
+    symbolic = [j for j in missing if isinstance(call.sources[j], tf.Tensor)]
+    found: Found = []
+
+    def body(*values: tf.Tensor) -> Any:
+        swap = {id(call.sources[j]): v for j, v in zip(symbolic, values)}
+        sources = [swap.get(id(s), s) for s in call.sources]
+        args, kwargs = tf.nest.map_structure(
+            lambda v: swap.get(id(v), v), (call.args, call.kwargs), expand_composites=False
+        )
+        out = select(_compile.autographed(fn)(*args, **kwargs))
+        found.extend(cuts(out, sources, missing))
+        return 0
+
+    specs = [tf.TensorSpec(call.sources[j].shape, call.sources[j].dtype) for j in symbolic]
+    try:
+        with _record.stop_recording():
+            tf.function(body, autograph=False).get_concrete_function(*specs)
+    except Exception as exc:  # noqa: BLE001 - only a NumPy conversion is a verdict
+        return None if _tensors.is_numpy_error(exc) else []
+    return found
