@@ -1,4 +1,4 @@
-"""Per-example gradients benchmark: tapekit's vmap(grad) and per_example_grads against a loop and JAX.
+"""Per-example gradients benchmark: tapekit vmap(grad) and per_example_grads vs a loop and JAX.
 
     MLP 784-256-256-10 (relu), softmax cross-entropy, batch 128, float32
 
