@@ -15,20 +15,11 @@ import tensorflow as tf
 
 from . import _args
 from .jacobians import _flatten_like, _match_dtype_shape
+from .transforms import _split_aux
 
 __all__ = ["linearize"]
 
 _ZERO = tf.UnconnectedGradients.ZERO
-
-
-def _split_aux(result: Any, fn: Callable) -> tuple[Any, Any]:
-    if not isinstance(result, (tuple, list)) or len(result) != 2:
-        raise ValueError(
-            f"linearize with has_aux=True needs `{_args.fn_name(fn)}` to return a pair "
-            f"(out, aux), but it returned {_args.describe_received(result)}. Return "
-            f"`out, aux` or drop has_aux."
-        )
-    return result[0], result[1]
 
 
 def linearize(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
@@ -71,7 +62,7 @@ def linearize(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, 
     with tape:
         tape.watch(sources)
         result = fn(*call_args)
-    out, aux = _split_aux(result, fn) if has_aux else (result, None)
+    out, aux = _split_aux(result, fn, "linearize") if has_aux else (result, None)
     out = tf.nest.map_structure(lambda o: _args.as_output_tensor(o, fn, "linearize"), out)
     flat_out = tf.nest.flatten(out)
 
