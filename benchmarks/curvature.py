@@ -5,7 +5,8 @@ process. Everything is a ratio to a baseline measured in the same run, configura
 alternating round by round; medians (and minima, the least disturbed runs) are reported. Other
 jobs share the CPUs, so single figures are noisy.
 
-1. one ``tapekit.hvp`` against one ``tapekit.grad`` of the same loss (target <= 3x);
+1. one ``tapekit.hvp`` against one gradient of the same loss (a ``tf.function`` over a
+   ``tf.GradientTape``, the baseline; ``tapekit.grad`` shown too) (target <= 3x);
 2. ``tapekit.curvature.top_eigenvalues(k=1, tol=1e-3)`` from a random start, in gradient-times
    (target <= 60);
 3. ``Trainer.fit`` with ``CurvatureMonitor(every=100, k=1)`` against the same fit without it
@@ -61,25 +62,37 @@ def hvp_and_eigenvalue(ds: tf.data.Dataset, rounds: int) -> None:
     batch = next(iter(ds))
     fn, primals = curvature.model_loss(model, loss_fn, batch)
     grad_fn = tapekit.grad(fn)
+    variables = model.trainable_variables
+
+    @tf.function
+    def tape_grad() -> list[tf.Tensor]:  # the plain TensorFlow baseline
+        with tf.GradientTape() as tape:
+            loss = fn(variables)
+        return tape.gradient(loss, variables)
+
     tangents = ([tf.random.normal(v.shape) for v in primals[0]],)
 
     def grad_once() -> None:
         [g.numpy() for g in grad_fn(*primals)]
 
+    def tape_once() -> None:
+        [g.numpy() for g in tape_grad()]
+
     def hvp_once() -> None:
         [t.numpy() for t in tapekit.hvp(fn, primals, tangents)[0]]
 
-    grad_once(), hvp_once()  # tracing
+    grad_once(), tape_once(), hvp_once()  # tracing
     reps = 20
     times = _alternate(
         {
-            "grad (one gradient)": lambda: [grad_once() for _ in range(reps)],
+            "tf.function + GradientTape (one gradient)": lambda: [tape_once() for _ in range(reps)],
+            "tapekit.grad (one gradient)": lambda: [grad_once() for _ in range(reps)],
             "hvp (one Hessian-vector product)": lambda: [hvp_once() for _ in range(reps)],
         },
         rounds,
     )
     times = {k: [t / reps for t in v] for k, v in times.items()}
-    base = times["grad (one gradient)"]
+    base = times["tf.function + GradientTape (one gradient)"]
     print(f"\n1. hvp vs grad, MLP 784-256-256-10, batch {BATCH} (ms per call)")
     print(f"{'':44s} {'median':>9s} {'min':>9s}")
     for name, t in times.items():
@@ -88,7 +101,7 @@ def hvp_and_eigenvalue(ds: tf.data.Dataset, rounds: int) -> None:
     eig_times, values = [], []
     for r in range(max(3, rounds // 2)):
         grad_start = time.perf_counter()
-        [grad_once() for _ in range(reps)]
+        [tape_once() for _ in range(reps)]
         grad_time = (time.perf_counter() - grad_start) / reps
         start = time.perf_counter()
         vals, _ = curvature.top_eigenvalues(fn, primals, k=1, tol=1e-3, seed=r)
