@@ -168,9 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds (>= 10)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per fit measurement")
     parser.add_argument("--skip-training", action="store_true", help="only parts 1 and 2")
+    parser.add_argument("--only-training", action="store_true", help="only parts 3 and 4")
     args = parser.parse_args(argv)
     ds = make_data()
-    hvp_and_eigenvalue(ds, args.rounds)
+    if not args.only_training:
+        hvp_and_eigenvalue(ds, args.rounds)
     if not args.skip_training:
         training_overheads(ds, args.rounds, args.epochs)
 
