@@ -11,8 +11,9 @@ at two step sizes. The sharpness is `tapekit.curvature.top_eigenvalues` of the f
 `--every` steps.
 
 Run it with `python recipes/13_edge_of_stability.py`, then `tensorboard --logdir
-logs/13_edge_of_stability`: one run per step size with `loss`, `sharpness` and `two_over_eta`
-(the Custom Scalars tab draws sharpness and 2/η of every run on one chart).
+logs/13_edge_of_stability`: one run per step size with `loss`, the sharpness
+(`curvature/top_eigenvalue`), `two_over_eta` and `learning_rate` (the Custom Scalars tab draws
+sharpness and 2/η of every run on one chart; `tapekit inspect` reports them).
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ def train(eta: float, args: argparse.Namespace, data: tuple) -> dict:
         for start in range(0, args.steps + 1, args.every):
             values, vectors = curvature.top_eigenvalues(loss, (params,), init=vectors, seed=0)
             sharpness.append((start, float(values[0])))
-            tf.summary.scalar("sharpness", values[0], step=start)
+            tf.summary.scalar("curvature/top_eigenvalue", values[0], step=start)
             tf.summary.scalar("two_over_eta", 2.0 / eta, step=start)
+            tf.summary.scalar("learning_rate", eta, step=start)  # for `tapekit inspect`
             n = min(args.every, args.steps - start)
             if n <= 0:
                 break
@@ -128,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.logdir).mkdir(parents=True, exist_ok=True)
     layout = tf.summary.create_file_writer(str(Path(args.logdir) / "layout"))
     write_layout(
-        layout, {"edge of stability": {"sharpness and 2/eta": ["sharpness", "two_over_eta"]}}
+        layout,
+        {
+            "edge of stability": {
+                "sharpness and 2/eta": ["curvature/top_eigenvalue", "two_over_eta"]
+            }
+        },
     )
     layout.close()
     data = synthetic_data(args.examples, args.seed)

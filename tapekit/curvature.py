@@ -139,7 +139,7 @@ def top_eigenvalues(
         i = _pick(ritz, which)
         residual = b * abs(s[-1, i])
         worst = max(worst, residual / max(abs(ritz[i]), np.finfo(np.float64).tiny))
-        y = s[:, i] @ basis.astype(np.float64)
+        y = (s[:, i] @ basis).astype(np.float64)
         y /= np.linalg.norm(y)
         values.append(float(ritz[i]))
         locked = np.concatenate([locked, y[None].astype(op.store)])
@@ -197,7 +197,7 @@ def trace(
     quads = np.empty(samples)
     for i in range(samples):
         z = rademacher(rng, op.n)
-        quads[i] = z @ op(z)
+        quads[i] = z @ op(z).astype(np.float64)
     error = quads.std(ddof=1) / np.sqrt(samples)
     return tf.constant(quads.mean(), op.dtype), tf.constant(error, op.dtype)
 

@@ -245,6 +245,8 @@ def format_report(runs: list[RunSummary]) -> str:
     """
     if not runs:
         return "No runs."
+    from .board.curvature_report import curvature_findings
+
     lines: list[str] = []
     for run in runs:
         span = run.step_range
@@ -274,5 +276,6 @@ def format_report(runs: list[RunSummary]) -> str:
             lines.append("  also: " + ", ".join(extra))
         for w in run.warnings:
             lines.append(f"  WARNING {w}")
+        lines += [f"  {kind} {text}" for kind, text in curvature_findings(run.scalars)]
         lines.append("")
     return "\n".join(lines).rstrip()

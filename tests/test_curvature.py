@@ -201,3 +201,33 @@ def test_errors_name_the_argument_and_the_fix(point):
         curvature.density(lambda x: tf.reduce_sum(x), (tf.constant([1, 2]),))
     with pytest.warns(RuntimeWarning, match="did not reach tol=1e-06 in max_iters=2"):
         curvature.top_eigenvalues(mlp_loss, (params,), max_iters=2, tol=1e-6, seed=0)
+
+
+def test_top_eigenvalues_match_an_independent_jax_hessian(point):
+    """The same MLP loss differentiated twice by JAX (float64): an independent route."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    params, _, _, theta = point
+    jax.config.update("jax_enable_x64", True)
+    try:
+        x, y = jnp.asarray(X.numpy()), jnp.asarray(Y.numpy())
+
+        def loss(t):
+            parts, start = [], 0
+            for s in SIZES:
+                n = int(np.prod(s))
+                parts.append(t[start : start + n].reshape(s))
+                start += n
+            w1, b1, w2, b2, w3, b3 = parts
+            h = jnp.tanh(jnp.tanh(x @ w1 + b1) @ w2 + b2)
+            return jnp.mean((h @ w3 + b3 - y) ** 2)
+
+        dense = np.asarray(jax.hessian(loss)(jnp.asarray(theta)))
+    finally:
+        jax.config.update("jax_enable_x64", False)
+    exact = np.linalg.eigvalsh(dense)
+    values, _ = curvature.top_eigenvalues(mlp_loss, (params,), k=2, seed=4)
+    np.testing.assert_allclose(values.numpy(), exact[::-1][:2], rtol=1e-3)
+    mag, _ = curvature.top_eigenvalues(mlp_loss, (params,), which="magnitude", seed=4)
+    np.testing.assert_allclose(mag.numpy()[0], exact[np.argmax(np.abs(exact))], rtol=1e-3)

@@ -55,7 +55,9 @@ class WeightRecorder(tapekit.Callback):
 
 def _fit(strategy=None, logdir=False, every=4, steps=12, **monitor_kw):
     x, y = _data()
-    monitor = tapekit.CurvatureMonitor((x, y), every=every, k=2, **monitor_kw)
+    monitor = tapekit.CurvatureMonitor(
+        (x, y), every=every, k=2, tol=1e-5, max_iters=60, **monitor_kw
+    )
     recorder = WeightRecorder()
     with (strategy or tf.distribute.get_strategy()).scope():
         optimizer = keras.optimizers.SGD(0.2)

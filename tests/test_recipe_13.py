@@ -48,7 +48,7 @@ def test_sharpness_rises_to_two_over_eta_and_is_logged(tmp_path):
         assert abs(end / (2 / eta) - 1) <= 0.10  # and at the edge at the end
         assert float(row["l1"]) < float(row["l0"]) / 100  # while the loss keeps falling
         run = logdir / f"eta_{eta:g}"
-        sharp = _series(run, "sharpness")
+        sharp = _series(run, "curvature/top_eigenvalue")
         assert [s for s, _ in sharp] == list(range(0, 1501, 100))
         assert sharp[0][1] == pytest.approx(start, abs=1e-3)
         assert sharp[-1][1] == pytest.approx(end, abs=1e-3)
