@@ -14,8 +14,8 @@ from typing import Any
 import tensorflow as tf
 
 from . import _args
+from ._tensors import split_aux
 from .jacobians import _flatten_like, _match_dtype_shape
-from .transforms import _split_aux
 
 __all__ = ["linearize"]
 
@@ -62,7 +62,7 @@ def linearize(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, 
     with tape:
         tape.watch(sources)
         result = fn(*call_args)
-    out, aux = _split_aux(result, fn, "linearize") if has_aux else (result, None)
+    out, aux = split_aux(result, fn, "linearize") if has_aux else (result, None)
     out = tf.nest.map_structure(lambda o: _args.as_output_tensor(o, fn, "linearize"), out)
     flat_out = tf.nest.flatten(out)
 
