@@ -34,7 +34,9 @@ _EXPORTS = {
     "grad": ".transforms",
     "hessian": ".hessians",
     "hvp": ".hessians",
+    "jacfwd": ".jacobians",
     "jacobian": ".jacobians",
+    "jacrev": ".jacobians",
     "jvp": ".jacobians",
     "partial": ".transforms",
     "partials": ".transforms",
@@ -60,7 +62,9 @@ __all__ = [
     "grad",
     "hessian",
     "hvp",
+    "jacfwd",
     "jacobian",
+    "jacrev",
     "jvp",
     "partial",
     "partials",
@@ -73,7 +77,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .checking import check_grads
     from .errors import DisconnectedGradientError, NonFiniteError, TapekitError
     from .hessians import hessian, hvp
-    from .jacobians import batch_jacobian, jacobian, jvp, vjp
+    from .jacobians import batch_jacobian, jacfwd, jacobian, jacrev, jvp, vjp
     from .tape import Tape
     from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
     from .transforms import derivative, grad, partial, partials, value_and_grad
