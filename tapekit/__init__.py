@@ -37,7 +37,9 @@ _EXPORTS = {
     "grad": ".transforms",
     "hessian": ".hessians",
     "hvp": ".hessians",
+    "jacfwd": ".jacobians",
     "jacobian": ".jacobians",
+    "jacrev": ".jacobians",
     "jvp": ".jacobians",
     "linearize": ".linearization",
     "partial": ".transforms",
@@ -71,7 +73,9 @@ __all__ = [
     "gradient_noise_scale",
     "hessian",
     "hvp",
+    "jacfwd",
     "jacobian",
+    "jacrev",
     "jvp",
     "linearize",
     "partial",
@@ -94,6 +98,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .linearization import linearize
     from .noise_scale import gradient_noise_scale
     from .recompute import checkpoint, remat
+    from .jacobians import batch_jacobian, jacfwd, jacobian, jacrev, jvp, vjp
     from .tape import Tape
     from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
     from .training.curvature_monitor import CurvatureMonitor

@@ -91,3 +91,27 @@ def is_numpy_error(exc: BaseException) -> bool:
     return isinstance(exc, (NotImplementedError, AttributeError, TypeError)) and (
         "numpy" in text or "symbolic" in text
     )
+
+
+class _Aux:
+    """The ``aux`` of a ``has_aux`` function, from one plain call of it (the differentiated
+    calls may run inside pfor's vectorized loop, where their values are not usable)."""
+
+    def __init__(self, fn: Callable, transform: str) -> None:
+        self.fn, self.transform = fn, transform
+
+    def get(self, call: Any) -> Any:
+        """The ``aux`` of ``fn`` called on the prepared ``call``."""
+        return split_aux(self.fn(*call.args, **call.kwargs), self.fn, self.transform)[1]
+
+
+def aux_splitter(fn: Callable, has_aux: bool, transform: str) -> tuple[Callable, _Aux]:
+    """``fn`` returning only its value (``fn`` itself without ``has_aux``), and its aux."""
+    if not has_aux:
+        return fn, _Aux(fn, transform)
+
+    def value_only(*args: Any, **kwargs: Any) -> Any:
+        return split_aux(fn(*args, **kwargs), fn, transform)[0]
+
+    value_only.__name__ = getattr(fn, "__name__", None) or type(fn).__name__
+    return value_only, _Aux(fn, transform)

@@ -14,7 +14,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from . import _args, _compile, _missing, _vectorize
+from . import _args, _compile, _missing, _tensors, _vectorize
 from ._args import ArgNums
 from .jacobians import _check_primals, _flatten_like, _match_dtype_shape
 
@@ -43,8 +43,9 @@ def _gradient(fn: Callable, call: _compile.Call, what: str) -> list[tf.Tensor]:
     return [_vectorize.dense(g) for g in grads]
 
 
-def _hessian_core(single: bool, mode: str, chunk_size: int | None) -> Callable:
-    def core(fn: Callable, call: _compile.Call) -> Any:
+def _hessian_core(single: bool, mode: str, chunk_size: int | None, has_aux: bool) -> Callable:
+    def core(user_fn: Callable, call: _compile.Call) -> Any:
+        fn, plain_aux = _tensors.aux_splitter(user_fn, has_aux, "hessian")
         sources = call.sources
 
         def forward() -> list[list[tf.Tensor]]:
@@ -71,7 +72,8 @@ def _hessian_core(single: bool, mode: str, chunk_size: int | None) -> Callable:
 
         blocks = _vectorize.forward_or_reverse(forward, reverse) if mode == "fwd" else reverse()
         rows = [_vectorize.pack_columns(row, call.structs, single) for row in blocks]
-        return _vectorize.pack_columns(rows, call.structs, single)
+        result = _vectorize.pack_columns(rows, call.structs, single)
+        return (result, plain_aux.get(call)) if has_aux else result
 
     return core
 
@@ -84,6 +86,7 @@ def hessian(
     compile: bool = True,
     jit_compile: bool = False,
     chunk_size: int | None = None,
+    has_aux: bool = False,
 ) -> Callable:
     """Make a function that returns the Hessian (all second derivatives) of a scalar ``fn``.
 
@@ -101,6 +104,8 @@ def hessian(
             and variables are read at each call); pass changing numbers as arguments.
         jit_compile: Compile with XLA as well.
         chunk_size: Compute at most this many rows at once (bounds memory for large inputs).
+        has_aux: If True, ``fn`` returns ``(value, aux)`` and the new function returns
+            ``(hessian, aux)`` (as ``jax.hessian``); ``aux`` is a tensor or nest of tensors.
 
     Returns:
         A function with ``fn``'s signature. For an argument ``x`` the Hessian has shape
@@ -124,8 +129,8 @@ def hessian(
     _args.check_callable(fn, "hessian")
     nums, single = _args.normalize_argnums(argnums, "hessian")
     _compile.check_options("hessian", mode, compile, jit_compile, chunk_size)
-    core = _hessian_core(single, "fwd" if mode == "fwd" else "rev", chunk_size)
-    options = (nums, single, mode, chunk_size)
+    core = _hessian_core(single, "fwd" if mode == "fwd" else "rev", chunk_size, has_aux)
+    options = (nums, single, mode, chunk_size, has_aux)
 
     def hessian_fn(*args: Any, **kwargs: Any) -> Any:
         call = _compile.make_call(fn, args, kwargs, nums, "hessian")

@@ -17,7 +17,7 @@ from . import _args, _compile, _missing, _tensors, _vectorize
 from ._args import ArgNums
 from .errors import describe_received
 
-__all__ = ["batch_jacobian", "jacobian", "jvp", "vjp"]
+__all__ = ["batch_jacobian", "jacfwd", "jacobian", "jacrev", "jvp", "vjp"]
 
 _ZERO = _tensors.ZERO
 _NONE = _tensors.NONE
@@ -250,10 +250,14 @@ def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
 # jacobian and batch_jacobian: vectorized, compiled and cached (see _compile and _vectorize).
 
 
-def _jacobian_core(single: bool, mode: str, chunk_size: int | None, batch: bool) -> Callable:
+def _jacobian_core(
+    single: bool, mode: str, chunk_size: int | None, batch: bool, has_aux: bool
+) -> Callable:
     transform = "batch_jacobian" if batch else "jacobian"
 
-    def core(fn: Callable, call: _compile.Call) -> Any:
+    def core(user_fn: Callable, call: _compile.Call) -> Any:
+        fn, plain_aux = _tensors.aux_splitter(user_fn, has_aux, transform)
+
         def outputs(out: Any) -> list[tf.Tensor]:
             return [_args.as_output_tensor(o, fn, transform) for o in tf.nest.flatten(out)]
 
@@ -317,7 +321,8 @@ def _jacobian_core(single: bool, mode: str, chunk_size: int | None, batch: bool)
         else:
             out, blocks = reverse(recorded)
         rows = [_vectorize.pack_columns(row, call.structs, single) for row in blocks]
-        return tf.nest.pack_sequence_as(out, rows)
+        result = tf.nest.pack_sequence_as(out, rows)
+        return (result, plain_aux.get(call)) if has_aux else result
 
     return core
 
@@ -363,13 +368,14 @@ def _make(
     jit_compile: bool,
     chunk_size: int | None,
     batch: bool,
+    has_aux: bool = False,
 ) -> Callable:
     transform = "batch_jacobian" if batch else "jacobian"
     _args.check_callable(fn, transform)
     nums, single = _args.normalize_argnums(argnums, transform)
     _compile.check_options(transform, mode, compile, jit_compile, chunk_size)
-    core = _jacobian_core(single, mode, chunk_size, batch)
-    options = (nums, single, mode, chunk_size)
+    core = _jacobian_core(single, mode, chunk_size, batch, has_aux)
+    options = (nums, single, mode, chunk_size, has_aux)
 
     def jacobian_fn(*args: Any, **kwargs: Any) -> Any:
         call = _compile.make_call(fn, args, kwargs, nums, transform)
@@ -397,6 +403,7 @@ def jacobian(
     compile: bool = True,
     jit_compile: bool = False,
     chunk_size: int | None = None,
+    has_aux: bool = False,
 ) -> Callable:
     """Make a function that returns the full Jacobian of ``fn``.
 
@@ -417,13 +424,16 @@ def jacobian(
         jit_compile: Compile with XLA as well.
         chunk_size: Compute at most this many rows/columns at once (bounds memory for large
             Jacobians); ``None`` computes them all at once.
+        has_aux: If True, ``fn`` returns ``(out, aux)`` and the new function returns
+            ``(jacobian, aux)`` (as ``jax.jacobian``); ``aux`` is a tensor or nest of tensors.
 
     Returns:
         A function with ``fn``'s signature. For an output ``out`` and an argument ``x`` the
         Jacobian has shape ``out.shape + x.shape`` and ``x``'s dtype rules (float64 in, float64
         out). Nested outputs give the output's structure whose leaves have the argument's
         structure (a tuple of them for tuple ``argnums``). Outputs that do not depend on an
-        input give zeros.
+        input give zeros; a path TensorFlow cannot differentiate (NumPy, an op without that
+        gradient, an assignment) raises ``DisconnectedGradientError``.
 
     Raises:
         TypeError: If ``fn`` is not callable or ``argnums`` is not int(s) (at build time); if a
@@ -438,7 +448,7 @@ def jacobian(
         array([[2., 0.],
                [0., 4.]], dtype=float32)
     """
-    return _make(fn, argnums, mode, compile, jit_compile, chunk_size, batch=False)
+    return _make(fn, argnums, mode, compile, jit_compile, chunk_size, False, has_aux)
 
 
 def batch_jacobian(
@@ -449,14 +459,18 @@ def batch_jacobian(
     compile: bool = True,
     jit_compile: bool = False,
     chunk_size: int | None = None,
+    has_aux: bool = False,
 ) -> Callable:
     """Make a function that returns the per-example Jacobians of a batched ``fn``.
 
     ``fn`` must treat the leading axis as a batch: output example ``i`` depends only on input
     example ``i`` (like a Keras model without batch normalization in training mode). Then only
     the diagonal blocks of the full Jacobian are non-zero, and they are computed at the cost of
-    one example's Jacobian. If examples interact, the result is not a Jacobian (it sums over
-    examples); use :func:`jacobian` instead.
+    one example's Jacobian. If examples interact (batch normalization in training mode), the
+    result is not a Jacobian; it then follows TensorFlow's ``GradientTape.batch_jacobian``
+    convention in every mode, block ``b`` = Σ_b' ∂out[b'] / ∂x[b] (forward mode detects the
+    interaction with one probe tangent and computes those blocks in reverse mode). Use
+    :func:`jacobian` for the full matrix.
 
     Args:
         fn: A function of batched tensors returning a batched float tensor or a nest of them.
@@ -465,6 +479,7 @@ def batch_jacobian(
         compile: Run in a cached ``tf.function`` (default). ``False`` runs ``fn`` eagerly.
         jit_compile: Compile with XLA as well.
         chunk_size: Compute at most this many rows/columns at once (bounds memory).
+        has_aux: If True, ``fn`` returns ``(out, aux)`` and the result is ``(blocks, aux)``.
 
     Returns:
         A function with ``fn``'s signature returning, for an output ``out`` of shape
@@ -486,8 +501,63 @@ def batch_jacobian(
                [[6., 0.],
                 [0., 8.]]], dtype=float32)
     """
-    return _make(fn, argnums, mode, compile, jit_compile, chunk_size, batch=True)
+    return _make(fn, argnums, mode, compile, jit_compile, chunk_size, True, has_aux)
 
 
-for _public in (jacobian, batch_jacobian):
+def jacfwd(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False) -> Callable:
+    """The Jacobian of ``fn`` in forward mode, as ``jax.jacfwd``: ``jacobian(mode="fwd")``.
+
+    Args:
+        fn: A function returning a float tensor or a nest of them (``(out, aux)`` with
+            ``has_aux``).
+        argnums: Which positional argument(s) to differentiate: an int, or a tuple of ints.
+        has_aux: If True, the new function returns ``(jacobian, aux)``.
+
+    Returns:
+        The function of :func:`jacobian` (shape ``out.shape + x.shape``), computed column by
+        column with Jacobian-vector products (best when the input is small), compiled and
+        cached. Where TensorFlow cannot run ``fn`` in forward mode, reverse mode is used.
+
+    Raises:
+        TypeError: As :func:`jacobian`.
+        ValueError: As :func:`jacobian`.
+
+    Example:
+        >>> import tensorflow as tf, tapekit
+        >>> tapekit.jacfwd(lambda x: tf.stack([x[0] * x[1], tf.sin(x[0])]))(
+        ...     tf.constant([0.0, 2.0])).numpy()
+        array([[2., 0.],
+               [1., 0.]], dtype=float32)
+    """
+    return _make(fn, argnums, "fwd", True, False, None, False, has_aux)
+
+
+def jacrev(fn: Callable, argnums: ArgNums = 0, *, has_aux: bool = False) -> Callable:
+    """The Jacobian of ``fn`` in reverse mode, as ``jax.jacrev``: ``jacobian(mode="rev")``.
+
+    Args:
+        fn: A function returning a float tensor or a nest of them (``(out, aux)`` with
+            ``has_aux``).
+        argnums: Which positional argument(s) to differentiate: an int, or a tuple of ints.
+        has_aux: If True, the new function returns ``(jacobian, aux)``.
+
+    Returns:
+        The function of :func:`jacobian` (shape ``out.shape + x.shape``), computed row by row
+        with vector-Jacobian products (best when the output is small), compiled and cached.
+
+    Raises:
+        TypeError: As :func:`jacobian`.
+        ValueError: As :func:`jacobian`.
+
+    Example:
+        >>> import tensorflow as tf, tapekit
+        >>> J, aux = tapekit.jacrev(lambda x: (x**2, x + 1), has_aux=True)(tf.constant([1.0, 2.0]))
+        >>> J.numpy(), aux.numpy()
+        (array([[2., 0.],
+               [0., 4.]], dtype=float32), array([2., 3.], dtype=float32))
+    """
+    return _make(fn, argnums, "rev", True, False, None, False, has_aux)
+
+
+for _public in (jacobian, batch_jacobian, jacfwd, jacrev):
     _compile.no_autograph(_public)
