@@ -30,7 +30,7 @@ _EXPORTS = {
     "batch_jacobian": ".jacobians",
     "check_grads": ".checking",
     "derivative": ".transforms",
-    "explain": ".board",
+    "explain": ".explainer",
     "grad": ".transforms",
     "hessian": ".hessians",
     "hvp": ".hessians",
@@ -41,7 +41,7 @@ _EXPORTS = {
     "value_and_grad": ".transforms",
     "vjp": ".jacobians",
 }
-_SUBPACKAGES = ("board", "training")
+_SUBPACKAGES = ("board", "explainer", "training")
 
 __all__ = [
     "Callback",
@@ -69,9 +69,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
-    from .board import explain
     from .checking import check_grads
     from .errors import DisconnectedGradientError, NonFiniteError, TapekitError
+    from .explainer import explain
     from .hessians import hessian, hvp
     from .jacobians import batch_jacobian, jacobian, jvp, vjp
     from .tape import Tape
