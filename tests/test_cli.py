@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -180,6 +181,68 @@ def test_summarize_reads_steps_last_best_and_warns(tmp_path):
     assert "dense/kernel" not in text
     assert runs["validation"].scalars["loss"].steps == [9, 19]
     assert runs["validation"].warnings == []
+
+
+@pytest.mark.parametrize(
+    ("tag", "direction"),
+    [
+        ("loss", "min"),
+        ("epoch_loss", "min"),
+        ("loss/train", "min"),
+        ("val_acc", "max"),
+        ("metrics/accuracy", "max"),
+        ("max_error_vs_exact", "min"),
+        ("meta_train/loss_after_adaptation", "min"),
+        ("sliced_wasserstein_distance", "min"),
+        ("tanh/f", None),  # function curves: the step is the index of an x value
+        ("tanh/d2f", None),
+        ("cut_at_y0/df_dx", None),
+        ("descent/x", None),
+        ("naive/softplus", None),
+        ("learning_rate", None),
+        ("steps_per_second", None),
+        ("gradient_norm/global", None),
+        ("lossless", None),
+    ],
+)
+def test_best_is_only_for_training_curves(tag, direction):
+    series = reader.ScalarSeries(tag, [0, 1, 2], [3.0, 1.0, 2.0])
+    assert series.direction == direction
+    assert series.best() == {"min": (1.0, 1), "max": (3.0, 0), None: None}[direction]
+
+
+def _corrupt_copies(logdir: Path) -> dict[str, Path]:
+    """Three runs of 20 loss values each: one bit flipped, one cut short, one random bytes."""
+    files = {}
+    for run in ("flipped", "truncated", "garbage"):
+        with tf.summary.create_file_writer(str(logdir / run)).as_default():
+            for step in range(20):
+                tf.summary.scalar("loss", 1.0 / (step + 1), step=step)
+        [files[run]] = (logdir / run).glob("events.out.tfevents.*")
+    data = bytearray(files["flipped"].read_bytes())
+    data[len(data) // 2] ^= 0x10
+    files["flipped"].write_bytes(bytes(data))
+    files["truncated"].write_bytes(files["truncated"].read_bytes()[:-5])
+    files["garbage"].write_bytes(np.random.default_rng(0).bytes(300))
+    return files
+
+
+def test_unreadable_event_files_are_named_in_a_warning(tmp_path, capsys):
+    files = _corrupt_copies(tmp_path)
+    _write_training_logs(tmp_path / "fine")
+    runs = {r.name: r for r in reader.summarize(tmp_path)}
+    fine = runs["fine/train"].warnings + runs["fine/validation"].warnings
+    assert not [w for w in fine if "could not be read" in w]  # intact files: no such warning
+    for run, where in (("flipped", "corrupted record at"), ("truncated", "truncated record at"),
+                       ("garbage", "corrupted record at 0")):  # fmt: skip
+        [warning] = [w for w in runs[run].warnings if "could not be read" in w]
+        assert warning.startswith(f"event file {run}/{files[run].name} could not be read after ")
+        assert where in warning and "delete it, or rerun the script that wrote it" in warning
+    assert "after 0 record(s)" in runs["garbage"].warnings[0]
+    assert len(runs["flipped"].scalars["loss"].steps) < 20  # what TensorBoard silently drops
+    assert cli.main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"WARNING event file garbage/{files['garbage'].name} could not be read" in out
 
 
 def test_summarize_keeps_the_latest_value_when_a_run_is_repeated(tmp_path):
