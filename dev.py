@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
-"""Set up tapekit in ./.venv (once) and run the main recipe or the test suite.
+"""Set up tapekit in ./.venv (once), then run the demo, the tests, the recipes or TensorBoard.
 
-    python3 dev.py demo    # train the main recipe, write logs/ (what the README's quick start runs)
-    python3 dev.py test    # run the whole test suite (what CI runs)
+    python3 dev.py demo               train the main recipe, write logs/ (the quick start)
+    python3 dev.py test [ARGS...]     run the test suite (what CI runs); ARGS go to pytest
+    python3 dev.py recipes            list the recipes
+    python3 dev.py run NAME [ARGS...] run a recipe (01, 01_gradients or gradients), or any
+                                      script (benchmarks/hessian.py); ARGS go to it
+    python3 dev.py inspect [LOGDIR]   summarise the TensorBoard logs in the terminal (default logs)
+    python3 dev.py board [LOGDIR]     start TensorBoard on LOGDIR (default logs; --port N)
+    python3 dev.py setup              only create or update .venv
 
-Both are idempotent: the virtual environment is created and `pip install -e .[test]` is run
-only when it is missing or pyproject.toml changed, so a second run starts at once. Extra arguments
-are passed on (to the recipe or to pytest), e.g. `python3 dev.py test tests/test_transforms.py -x`.
+Every verb is idempotent: the virtual environment is created and `pip install -e .[test]` is run
+only when it is missing or pyproject.toml changed, so later runs start at once. Nothing needs to
+be activated: each verb runs with .venv's Python (`recipes`, `run`, `inspect` and `board` are the
+`tapekit` command that the install puts in .venv/bin).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
-MAIN_RECIPE = ROOT / "recipes" / "06_mlp_classifier.py"
+MAIN_RECIPE = "06_mlp_classifier.py"  # in recipes/; what `demo` runs
 STAMP = VENV / ".tapekit-installed"
 
 
@@ -54,22 +61,40 @@ def _setup() -> Path:
     return py
 
 
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"demo", "test", "setup"}:
-        print(__doc__.strip())
-        return 2
-    py = _setup()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    if argv[0] == "setup":
-        return 0
-    if argv[0] == "demo":
-        main_recipe = MAIN_RECIPE
+_TAPEKIT_VERBS = ("recipes", "run", "inspect", "board")
+VERBS = ("demo", "test", "setup", *_TAPEKIT_VERBS)
+
+
+def command(py: Path, verb: str, args: list[str]) -> list[str]:
+    """The command line that ``python3 dev.py VERB ARGS...`` runs with the venv's Python."""
+    if verb == "demo":
+        main_recipe = ROOT / "recipes" / MAIN_RECIPE
         if not main_recipe.exists():
             main_recipe = ROOT / "recipes" / "01_gradients.py"
-        cmd = [str(py), str(main_recipe), *argv[1:]]
-    else:
-        cmd = [str(py), "-m", "pytest", *argv[1:]]
-    return subprocess.call(cmd, cwd=ROOT, env=env)
+        return [str(py), str(main_recipe), *args]
+    if verb == "test":
+        return [str(py), "-m", "pytest", *args]
+    if verb == "run" and args and args[0].endswith(".py") and Path(args[0]).is_file():
+        return [str(py), *args]  # a script of the checkout, e.g. benchmarks/hessian.py
+    return [str(py), "-m", "tapekit.cli", verb, *args]
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in VERBS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help", "help"):
+            print(f"\ndev.py: unknown verb {argv[0]!r}; use one of: {', '.join(VERBS)}.")
+        return 2 if argv and argv[0] not in ("-h", "--help", "help") else 0
+    py = _setup()
+    if argv[0] == "setup":
+        return 0
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    if argv[0] in _TAPEKIT_VERBS:
+        env["TAPEKIT_COMMAND"] = "python3 dev.py"  # the tapekit command's hints name these verbs
+    try:
+        return subprocess.call(command(py, argv[0], argv[1:]), env=env)
+    except KeyboardInterrupt:  # Ctrl+C ends `board` (and a long run) without a traceback
+        return 130
 
 
 if __name__ == "__main__":

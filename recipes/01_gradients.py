@@ -5,27 +5,23 @@ inside `with tf.GradientTape() as tape:` so it is recorded, and (3) call `tape.g
 the block. tapekit wraps the same tape in functions you call directly: `grad`, `value_and_grad`,
 `partials`, and `check_grads` to compare with finite differences.
 
-Run it with `python recipes/01_gradients.py` (or `tapekit run 01`), then look at the logs with
-`tapekit inspect logs/01_gradients` or `tensorboard --logdir logs`.
+Run it with `python3 dev.py run 01`, then look at the logs with
+`python3 dev.py inspect logs/01_gradients` or `python3 dev.py board logs/01_gradients`.
 """
 
 from __future__ import annotations
 
+import tapekit.quiet  # noqa: F401 - first: hides TensorFlow's C++ start-up lines
+
 import argparse
-import os
 import textwrap
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf
 
-from tapekit._quiet import quiet_tensorflow  # noqa: E402
+import tapekit
+import tapekit.board
 
-quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
-
-import tensorflow as tf  # noqa: E402
-
-import tapekit  # noqa: E402
-import tapekit.board  # noqa: E402
+from _common import logs_hint, open_writer
 
 
 def f(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -43,15 +39,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=25, help="gradient-descent steps on y = x²")
     parser.add_argument("--lr", type=float, default=0.1, help="gradient-descent learning rate")
     return parser.parse_args(argv)
-
-
-def open_writer(logdir: str) -> tf.summary.SummaryWriter:
-    """A summary writer for ``logdir``; a rerun replaces the event files of the previous one
-    (also in the runs this recipe adds: the graph of f and its explanation)."""
-    for run in ("", "f_gradients", "explain_f"):
-        for old in Path(logdir, run).glob("events.out.tfevents.*"):
-            old.unlink()
-    return tf.summary.create_file_writer(logdir)
 
 
 def tape_three_steps(x0: float, y0: float) -> tuple[float, list[float]]:
@@ -126,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     tapekit.check_grads(f, point, order=2)
     show("check_grads(f, (x, y), order=2)", "ok (1st and 2nd derivatives = finite differences)")
 
-    writer = open_writer(args.logdir)
+    writer = open_writer(args.logdir, runs=("f_gradients", "explain_f"))
     x_end = descend(x0, args.steps, args.lr, writer)
     print(
         f"4. Gradient descent on y = x**2 from x={x0}, lr={args.lr}: "
@@ -150,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     explanation.log(args.logdir)
     print("5. The chain rule behind the gradient, tapekit.explain(f, x, y):")
     print(textwrap.indent(str(explanation), "   "))
-    print(f"Logs: tapekit inspect {args.logdir}   or   tensorboard --logdir {args.logdir}")
+    print(logs_hint(args.logdir))
     return 0
 
 

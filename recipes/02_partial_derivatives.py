@@ -4,28 +4,24 @@ For f(x, y) = x**2*y + y + 2 the partials are df/dx = 2xy and df/dy = x**2 + 1; 
 partials are d2f/dx2 = 2y, d2f/dy2 = 0 and the mixed d2f/dxdy = d2f/dydx = 2x (the order does not
 matter for smooth f). `tapekit.partials` gives all first partials by parameter name and
 `tapekit.partial(f, "x", "y")` any mixed or higher partial; the same with hand-nested tapes is
-shown for comparison. Over a grid, the gradient field is logged as images: f, df/dx, df/dy, and
-the gradient's direction (hue) and size (brightness).
+shown for comparison. Over a grid, the gradient field is logged as a figure: f, df/dx, df/dy, and
+the gradient field (arrows over its size), each with axes, a title and a colour bar.
 """
 
 from __future__ import annotations
 
+import tapekit.quiet  # noqa: F401 - first: hides TensorFlow's C++ start-up lines
+
 import argparse
-import math
-import os
-from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
 
-from tapekit._quiet import quiet_tensorflow  # noqa: E402
+import tapekit
+import tapekit.board
 
-quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tapekit  # noqa: E402
-import tapekit.board  # noqa: E402
+from _common import logs_hint, new_figure, open_writer
 
 
 def f(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -41,15 +37,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grid", type=int, default=64, help="grid points per axis (default 64)")
     parser.add_argument("--extent", type=float, default=2.0, help="grid covers [-extent, extent]²")
     return parser.parse_args(argv)
-
-
-def open_writer(logdir: str) -> tf.summary.SummaryWriter:
-    """A summary writer for ``logdir``; a rerun replaces the event files of the previous one
-    (also in the runs this recipe adds: the graph of f and its explanation)."""
-    for run in ("", "f_gradients", "explain_f"):
-        for old in Path(logdir, run).glob("events.out.tfevents.*"):
-            old.unlink()
-    return tf.summary.create_file_writer(logdir)
 
 
 def mixed_partial_with_tapes(x0: float, y0: float) -> float:
@@ -76,19 +63,27 @@ def gradient_field(extent: float, n: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return f(xs, ys).numpy(), dx.numpy(), dy.numpy()
 
 
-def diverging(a: np.ndarray) -> np.ndarray:
-    """Blue (negative) - white (0) - red (positive) RGB image of an array, scaled by max |a|."""
-    v = a / max(float(np.abs(a).max()), 1e-12)
-    rgb = np.stack([1 - np.clip(-v, 0, 1), 1 - np.abs(v), 1 - np.clip(v, 0, 1)], axis=-1)
-    return rgb.astype(np.float32)
-
-
-def direction_image(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """Hue = gradient direction, brightness = gradient size (relative to the largest)."""
-    hue = (np.arctan2(dy, dx) / (2 * math.pi)) % 1.0
+def field_figure(values: np.ndarray, dx: np.ndarray, dy: np.ndarray, extent: float) -> Any:
+    """f, df/dx, df/dy and the gradient field over the grid, with axes, titles and colour bars."""
+    fig = new_figure(figsize=(10, 8.5), layout="constrained")
+    axes = fig.subplots(2, 2)
+    box = (-extent, extent, -extent, extent)  # row 0 of the arrays is the top: y = +extent
+    panels = [(values, "f(x, y) = x²y + y + 2"), (dx, "∂f/∂x = 2xy"), (dy, "∂f/∂y = x² + 1")]
+    for ax, (data, title) in zip(axes.flat, panels):
+        limit = max(float(np.abs(data).max()), 1e-12)  # white = 0, blue < 0 < red
+        image = ax.imshow(data, extent=box, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set(title=title, xlabel="x", ylabel="y")
+        fig.colorbar(image, ax=ax)
+    ax = axes.flat[3]
     size = np.hypot(dx, dy)
-    hsv = np.stack([hue, np.ones_like(hue), size / max(float(size.max()), 1e-12)], axis=-1)
-    return tf.image.hsv_to_rgb(hsv.astype(np.float32)).numpy()
+    image = ax.imshow(size, extent=box, cmap="viridis")
+    axis = np.linspace(-extent, extent, len(size))
+    xs, ys = np.meshgrid(axis, axis[::-1])
+    k = max(len(size) // 12, 1)  # about 12 arrows per side
+    ax.quiver(xs[::k, ::k], ys[::k, ::k], dx[::k, ::k], dy[::k, ::k], color="white")
+    ax.set(title="∇f: direction (arrows) and size |∇f| (colour)", xlabel="x", ylabel="y")
+    fig.colorbar(image, ax=ax, label="|∇f|")
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,20 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     values, dx, dy = gradient_field(args.extent, args.grid)
     rows = [f"| df/d{n} | {v:g} |" for n, v in first.items()]
     rows += [f"| {n} | {v:g} |" for n, v in second.items()]
-    writer = open_writer(args.logdir)
+    writer = open_writer(args.logdir, runs=("f_gradients", "explain_f"))
     with writer.as_default():
-        panels = np.stack(
-            [diverging(values), diverging(dx), diverging(dy), direction_image(dx, dy)]
-        )
-        size = max(args.grid, 192)
-        panels = tf.image.resize(panels, (size, size), method="nearest")
-        tf.summary.image(
+        tapekit.board.log_figure(
             "gradient_field",
-            panels,
+            field_figure(values, dx, dy, args.extent),
             step=0,
-            max_outputs=4,
-            description="f, df/dx, df/dy (blue < 0 < red) and the gradient direction (hue) and "
-            f"size (brightness) over [-{args.extent:g}, {args.extent:g}]^2; y grows upwards.",
+            description="f, ∂f/∂x, ∂f/∂y and the gradient field over "
+            f"[-{args.extent:g}, {args.extent:g}]²",
         )
         # A cut along y = y0 as curves: step i <-> x = -extent + i * 2 * extent / (grid - 1).
         xs = tf.linspace(-args.extent, args.extent, args.grid)
@@ -147,13 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Gradient field on a {args.grid}x{args.grid} grid over "
         f"[-{args.extent:g}, {args.extent:g}]^2: |grad f| from {magnitude.min():.3g} to "
-        f"{magnitude.max():.3g}, logged as images"
+        f"{magnitude.max():.3g}, logged as a figure"
     )
 
     # The graph of f and its gradient (Graphs dashboard) and the chain-rule table (Text).
     tapekit.board.log_graph(f, x0, y0, logdir=args.logdir, gradients=True)
     tapekit.explain(f, x0, y0).log(args.logdir)
-    print(f"Logs: tapekit inspect {args.logdir}   or   tensorboard --logdir {args.logdir}")
+    print(logs_hint(args.logdir))
     return 0
 
 

@@ -10,20 +10,16 @@ minimum at (1, 1) in a handful of steps, where gradient descent needs thousands.
 
 from __future__ import annotations
 
+import tapekit.quiet  # noqa: F401 - first: hides TensorFlow's C++ start-up lines
+
 import argparse
-import os
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
 
-from tapekit._quiet import quiet_tensorflow  # noqa: E402
+import tapekit
 
-quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tapekit  # noqa: E402
+from _common import logs_hint, open_writer
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,13 +29,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--newton-steps", type=int, default=6, help="Newton iterations (default 6)")
     parser.add_argument("--start", type=float, nargs=2, default=(-1.2, 1.0), metavar=("X", "Y"))
     return parser.parse_args(argv)
-
-
-def open_writer(logdir: str) -> tf.summary.SummaryWriter:
-    """A summary writer for ``logdir``; a rerun replaces the event files of the previous one."""
-    for old in Path(logdir).glob("events.out.tfevents.*"):
-        old.unlink()
-    return tf.summary.create_file_writer(logdir)
 
 
 def rosenbrock(p: tf.Tensor) -> tf.Tensor:
@@ -110,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 p = p - tf.linalg.solve(hessian(p), g[:, None])[:, 0]
     writer.close()
     print(f"Newton's minimum: ({float(p[0]):.6f}, {float(p[1]):.6f}), exact (1, 1)")
-    print(f"Logs: tapekit inspect {args.logdir}   or   tensorboard --logdir {args.logdir}")
+    print(logs_hint(args.logdir))
     return 0
 
 

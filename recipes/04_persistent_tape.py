@@ -9,22 +9,18 @@ purpose and prints what each tape answers.
 
 from __future__ import annotations
 
+import tapekit.quiet  # noqa: F401 - first: hides TensorFlow's C++ start-up lines
+
 import argparse
-import os
 import textwrap
 from collections.abc import Callable
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
 
-from tapekit._quiet import quiet_tensorflow  # noqa: E402
+import tapekit
 
-quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tapekit  # noqa: E402
+from _common import logs_hint, open_writer
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,16 +30,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.1, help="learning rate")
     parser.add_argument("--penalty", type=float, default=0.1, help="weight of the L2 penalty")
     return parser.parse_args(argv)
-
-
-def open_writer(logdir: str) -> tf.summary.SummaryWriter:
-    """A summary writer for ``logdir``; a rerun replaces the event files of the previous one."""
-    for old in Path(logdir).glob("events.out.tfevents.*"):
-        old.unlink()
-    return tf.summary.create_file_writer(logdir)
-
-
-# --- the common mistakes: each returns what tf.GradientTape answers and runs tapekit.Tape -----
 
 
 def twice(tape_cls: Callable) -> object:
@@ -186,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             step=0,
         )
     writer.close()
-    print(f"Logs: tapekit inspect {args.logdir}   or   tensorboard --logdir {args.logdir}")
+    print(logs_hint(args.logdir))
     return 0
 
 

@@ -7,28 +7,25 @@ loss on a `tf.GradientTape` for you) and the update `w -= lr * dw`. Part 2 gives
 variables, loss and optimizer to `tapekit.Trainer`, which compiles the loop, averages the loss
 per epoch, prints one line per epoch and logs to TensorBoard.
 
-Run it with `python recipes/05_linear_regression.py`, then look at the logs with
-`tensorboard --logdir logs/05_linear_regression`.
+Run it with `python3 dev.py run 05`, then look at the logs with
+`python3 dev.py board logs/05_linear_regression`.
 """
 
 from __future__ import annotations
 
+import tapekit.quiet  # noqa: F401 - first: hides TensorFlow's C++ start-up lines
+
 import argparse
-import os
 import shutil
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-from tapekit._quiet import quiet_tensorflow  # noqa: E402
+import tapekit
 
-quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tapekit  # noqa: E402
+from _common import line_data, logs_hint
 
 TRUE_W = np.array([2.0, -3.4], "float32")
 TRUE_B = 4.2
@@ -45,14 +42,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--logdir", default="logs/05_linear_regression", help="TensorBoard run directory"
     )
     return parser.parse_args(argv)
-
-
-def synthetic_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` examples of y = X·w + b + N(0, 0.01²), X ~ N(0, 1)."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 2)).astype("float32")
-    y = x @ TRUE_W + TRUE_B + rng.normal(scale=0.01, size=n).astype("float32")
-    return x, y[:, None]
 
 
 def new_params() -> dict[str, tf.Variable]:
@@ -112,17 +101,15 @@ def report(label: str, params: dict[str, tf.Variable]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    x, y = synthetic_data(args.examples, args.seed)
+    x, y = line_data(args.examples, args.seed, TRUE_W, TRUE_B)
     print(f"true     w = [{TRUE_W[0]:.4f}, {TRUE_W[1]:.4f}]  b = {TRUE_B:.4f}")
     print("\nPart 1: variables + a hand-written loop with tapekit.grad")
     err_hand = report("hand", hand_loop(x, y, args))
     print("\nPart 2: the same with tapekit.Trainer")
     err_trainer = report("Trainer", with_trainer(x, y, args))
     ok = max(err_hand, err_trainer) < 0.01
-    print(
-        f"\nBoth recover the true parameters: {'yes' if ok else 'NO'}. "
-        f"Logs: tensorboard --logdir {args.logdir}"
-    )
+    print(f"\nBoth recover the true parameters: {'yes' if ok else 'NO'}.")
+    print(logs_hint(args.logdir))
     return 0 if ok else 1
 
 

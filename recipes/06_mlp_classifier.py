@@ -13,29 +13,26 @@ what a training run with tapekit looks like:
 * TensorBoard logs in `<logdir>`: loss, accuracy, learning rate, steps/s, gradient norms and
   histograms, and the graph of the compiled train step.
 
-Run it with `python3 dev.py demo` or `python recipes/06_mlp_classifier.py`, then open the logs
-with `tensorboard --logdir logs/06_mlp_classifier`.
+Run it with `python3 dev.py demo` or `python3 dev.py run 06`, then open the logs with
+`python3 dev.py board logs/06_mlp_classifier`.
 """
 
 from __future__ import annotations
 
+import tapekit.quiet  # noqa: F401 - first: hides TensorFlow's C++ start-up lines
+
 import argparse
-import os
 import shutil
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-from tapekit._quiet import quiet_tensorflow  # noqa: E402
+import tapekit
 
-quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tapekit  # noqa: E402
+from _common import classification_data, logs_hint
 
 CLASSES, FEATURES = 10, 32
 
@@ -58,17 +55,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"], default=None
     )
     return parser.parse_args(argv)
-
-
-def synthetic_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` labelled points: class centres plus noise, through a fixed non-linear map."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=0.8, size=(CLASSES, FEATURES))
-    mix = rng.normal(size=(FEATURES, FEATURES)) / np.sqrt(FEATURES)
-    labels = rng.integers(0, CLASSES, size=n)
-    points = centres[labels] + rng.normal(size=(n, FEATURES))
-    features = np.tanh(points @ mix) + 0.5 * np.sin(2.0 * points[:, ::-1])
-    return features.astype("float32"), labels.astype("int64")
 
 
 def build_model(hidden: int) -> keras.Model:
@@ -100,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume:  # a fresh run replaces its own runs and checkpoints, nothing else
         for own in ("train", "validation", "checkpoints"):
             shutil.rmtree(Path(args.logdir) / own, ignore_errors=True)
-    x, y = synthetic_data(args.examples + 4000, args.seed)
+    x, y = classification_data(args.examples + 4000, args.seed, CLASSES, FEATURES)
     train, val = (x[:-4000], y[:-4000]), (x[-4000:-2000], y[-4000:-2000])
     test = (x[-2000:], y[-2000:])
     print(
@@ -139,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             f" (epoch {history.epochs[best] + 1}) | test acc {result['acc']:.3f}, "
             f"test loss {result['loss']:.3f}"
         )
-    print(f"TensorBoard: tensorboard --logdir {args.logdir}")
+    print(logs_hint(args.logdir))
     return 0
 
 

@@ -16,11 +16,13 @@ over all replicas, so the result is the training of one device with the same glo
 * `--worker`: one worker of a cluster described by `TF_CONFIG`; this is how the same script runs
   on real hosts (one `TF_CONFIG` per host, see the README).
 
-Run `python recipes/10_distributed.py` or `python recipes/10_distributed.py --workers 2`, then
-`tensorboard --logdir logs/10_distributed`.
+Run `python3 dev.py run 10` or `python3 dev.py run 10 --workers 2`, then
+`python3 dev.py board logs/10_distributed`.
 """
 
 from __future__ import annotations
+
+import tapekit.quiet  # noqa: F401 - first: hides TensorFlow's C++ start-up lines
 
 import argparse
 import hashlib
@@ -32,19 +34,15 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-from tapekit._quiet import quiet_tensorflow  # noqa: E402
+import tapekit
+from tapekit.training.cluster import run_local_workers
+from tapekit.training.distribution import is_chief, task_name
 
-quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tapekit  # noqa: E402
-from tapekit.training.cluster import run_local_workers  # noqa: E402
-from tapekit.training.distribution import is_chief, task_name  # noqa: E402
+from _common import classification_data, logs_hint
 
 CLASSES, FEATURES = 10, 32
 
@@ -70,17 +68,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.devices < 1 or args.workers < 0 or args.workers == 1:
         parser.error("--devices needs N >= 1 and --workers N >= 2")
     return args
-
-
-def synthetic_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` labelled points: class centres plus noise, through a fixed non-linear map."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=0.8, size=(CLASSES, FEATURES))
-    mix = rng.normal(size=(FEATURES, FEATURES)) / np.sqrt(FEATURES)
-    labels = rng.integers(0, CLASSES, size=n)
-    points = centres[labels] + rng.normal(size=(n, FEATURES))
-    features = np.tanh(points @ mix) + 0.5 * np.sin(2.0 * points[:, ::-1])
-    return features.astype("float32"), labels.astype("int64")
 
 
 def build_model(hidden: int) -> keras.Model:
@@ -115,7 +102,7 @@ def checksum(weights: list[np.ndarray]) -> tuple[float, str]:
 def train(strategy: tf.distribute.Strategy, args: argparse.Namespace) -> dict:
     """Train and test under ``strategy`` (every worker of a cluster runs this)."""
     started = time.perf_counter()
-    x, y = synthetic_data(args.examples + 4000, args.seed)
+    x, y = classification_data(args.examples + 4000, args.seed, CLASSES, FEATURES)
     train_data, val = (x[:-4000], y[:-4000]), (x[-4000:-2000], y[-4000:-2000])
     with strategy.scope():  # the optimizer's variables must live in the strategy
         optimizer = keras.optimizers.Adam(args.lr)
@@ -185,7 +172,7 @@ def run_mirrored(args: argparse.Namespace) -> int:
         f"done: {result['epochs']} epochs, {result['steps']} steps in {result['seconds']:.1f} s"
         f" on {result['replicas']} replicas | {describe(result)}"
     )
-    print(f"TensorBoard: tensorboard --logdir {args.logdir}")
+    print(logs_hint(args.logdir))
     return 0
 
 
@@ -253,7 +240,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         f"{results[0]['replicas']} replicas in {time.perf_counter() - started:.1f} s | all "
         f"{len(results)} workers hold identical weights: {'yes' if same else 'NO'}"
     )
-    print(f"TensorBoard: tensorboard --logdir {args.logdir}")
+    print(logs_hint(args.logdir))
     return 0 if same else 1
 
 

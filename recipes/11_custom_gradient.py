@@ -12,20 +12,16 @@ and ignores the gradient you wrote.
 
 from __future__ import annotations
 
+import tapekit.quiet  # noqa: F401 - first: hides TensorFlow's C++ start-up lines
+
 import argparse
-import os
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
 
-from tapekit._quiet import quiet_tensorflow  # noqa: E402
+import tapekit
 
-quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tapekit  # noqa: E402
+from _common import logs_hint, open_writer
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,13 +30,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--points", type=int, default=201, help="points in [-limit, limit] to log")
     parser.add_argument("--limit", type=float, default=120.0, help="range of x for the curves")
     return parser.parse_args(argv)
-
-
-def open_writer(logdir: str) -> tf.summary.SummaryWriter:
-    """A summary writer for ``logdir``; a rerun replaces the event files of the previous one."""
-    for old in Path(logdir).glob("events.out.tfevents.*"):
-        old.unlink()
-    return tf.summary.create_file_writer(logdir)
 
 
 def naive_softplus(x: tf.Tensor) -> tf.Tensor:
@@ -124,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         tf.summary.text("softplus_at_100", table, step=0)
     writer.close()
-    print(f"Logs: tapekit inspect {args.logdir}   or   tensorboard --logdir {args.logdir}")
+    print(logs_hint(args.logdir))
     return 0
 
 

@@ -32,9 +32,9 @@ _EXPORTS = {
     "check_grads": ".checking",
     "checkpoint": ".recompute",
     "derivative": ".transforms",
-    "explain": ".board",
-    "gradient_noise_scale": ".noise_scale",
+    "explain": ".explainer",
     "grad": ".transforms",
+    "gradient_noise_scale": ".noise_scale",
     "hessian": ".hessians",
     "hvp": ".hessians",
     "jacfwd": ".jacobians",
@@ -51,7 +51,7 @@ _EXPORTS = {
     "vjp": ".jacobians",
     "vmap": ".batching",
 }
-_SUBPACKAGES = ("board", "curvature", "training")
+_SUBPACKAGES = ("board", "curvature", "explainer", "training")
 
 __all__ = [
     "Callback",
@@ -90,15 +90,14 @@ __all__ = [
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .batching import per_example_grad_norms, per_example_grads, vmap
-    from .board import explain
     from .checking import check_grads
     from .errors import DisconnectedGradientError, NonFiniteError, TapekitError
+    from .explainer import explain
     from .hessians import hessian, hvp
-    from .jacobians import batch_jacobian, jacobian, jvp, vjp
+    from .jacobians import batch_jacobian, jacfwd, jacobian, jacrev, jvp, vjp
     from .linearization import linearize
     from .noise_scale import gradient_noise_scale
     from .recompute import checkpoint, remat
-    from .jacobians import batch_jacobian, jacfwd, jacobian, jacrev, jvp, vjp
     from .tape import Tape
     from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
     from .training.curvature_monitor import CurvatureMonitor

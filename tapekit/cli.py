@@ -33,6 +33,12 @@ _RECIPE_FILE = re.compile(r"^(\d+)_(\w+)\.py$")
 _DEFAULT_LOGDIR = "logs"
 
 
+def _prog() -> str:
+    """How the user runs this command, for the hints it prints: ``tapekit``, or the quick start's
+    ``python3 dev.py`` (which sets ``TAPEKIT_COMMAND``), so every printed command runs as shown."""
+    return os.environ.get("TAPEKIT_COMMAND", "tapekit")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """One recipe script: ``recipes/<number>_<topic>.py``."""
@@ -140,7 +146,7 @@ def find_recipe(name: str, recipes: list[Recipe]) -> Recipe:
             f"{', '.join(r.name for r in matches)}. Use the number or the full name."
         )
     raise ValueError(
-        f"Unknown recipe {name!r}. Available recipes: {names}. Run `tapekit recipes` for "
+        f"Unknown recipe {name!r}. Available recipes: {names}. Run `{_prog()} recipes` for "
         f"descriptions."
     )
 
@@ -161,8 +167,8 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     for r in recipes:
         print(f"{r.name:<{width}}{r.description}")
     print(
-        f"\nRun one with `tapekit run NAME [options]` (NAME e.g. {recipes[0].number}); "
-        f"`tapekit run NAME --help` lists its options."
+        f"\nRun one with `{_prog()} run NAME [options]` (NAME e.g. {recipes[0].number}); "
+        f"`{_prog()} run NAME --help` lists its options."
     )
     return 0
 
@@ -182,17 +188,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _missing_logdir(logdir: str) -> str:
     hint = (
-        "Run a recipe first, e.g. `tapekit run 01` (writes logs/01_gradients), or pass the "
+        f"Run a recipe first, e.g. `{_prog()} run 01` (writes logs/01_gradients), or pass the "
         "directory your script logs to."
     )
     return f"The log directory {logdir!r} does not exist. {hint}"
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from ._quiet import quiet_tensorflow
+    from .quiet import quiet_tensorflow
 
-    quiet_tensorflow()  # logs_inspect reads event files through TensorBoard, which loads TF
-    from .logs_inspect import format_report, summarize
+    quiet_tensorflow()  # the reader reads event files through TensorBoard, which loads TF
+    from .board.reader import format_report, summarize
 
     logdir = args.logdir
     if not Path(logdir).exists():
@@ -203,7 +209,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if not runs:
         print(
             f"No TensorBoard event files (events.out.tfevents.*) under {logdir!r}. Write some with "
-            f"tf.summary or a recipe (`tapekit run 01`), or pass another directory.",
+            f"tf.summary or a recipe (`{_prog()} run 01`), or pass another directory.",
             file=sys.stderr,
         )
         return 1
@@ -215,7 +221,7 @@ def _cmd_board(args: argparse.Namespace) -> int:
     logdir = args.logdir
     if not Path(logdir).is_dir():
         raise _CommandError(_missing_logdir(logdir))
-    from ._quiet import quiet_tensorflow
+    from .quiet import quiet_tensorflow
 
     quiet_tensorflow()  # TensorBoard loads TF when it is installed
     from tensorboard import program
@@ -238,7 +244,7 @@ def _cmd_board(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tapekit",
+        prog=_prog(),
         description="Run tapekit's recipes and look into TensorBoard logs from the terminal.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -310,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except _CommandError as exc:
-        print(f"tapekit {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{_prog()} {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -78,3 +78,27 @@ def test_lazy_exports_match_all_and_import_without_tensorflow():
     code = "import sys, tapekit, tapekit.cli; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_error_class_tapekit_defines_is_a_tapekit_error():
+    import importlib
+    import pkgutil
+
+    defined = {}
+    for info in pkgutil.walk_packages(tapekit.__path__, "tapekit."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            is_error = inspect.isclass(obj) and issubclass(obj, Exception)
+            is_error = is_error and not issubclass(obj, Warning)  # warnings are not errors
+            if is_error and obj.__module__.startswith("tapekit") and not name.startswith("_"):
+                defined[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    assert {"DisconnectedGradientError", "NonFiniteError", "CheckpointError"} <= {
+        c.__name__ for c in defined.values()
+    }
+    stray = sorted(k for k, c in defined.items() if not issubclass(c, tapekit.TapekitError))
+    assert not stray, f"error classes outside TapekitError: {stray}"
+    for name in ("DisconnectedGradientError", "NonFiniteError", "CheckpointError"):
+        assert issubclass(getattr(tapekit, name), tapekit.TapekitError)
+    assert issubclass(tapekit.DisconnectedGradientError, ValueError)  # as the README says
+    assert issubclass(tapekit.NonFiniteError, FloatingPointError)
+    assert issubclass(tapekit.CheckpointError, RuntimeError)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -18,7 +20,9 @@ import tapekit
 from tapekit.board import (
     GradientLogger,
     RunWriters,
+    log_figure,
     log_graph,
+    resolve_logdir,
     variable_tags,
     write_concrete_graph,
 )
@@ -104,7 +108,7 @@ def test_check_writable_parent_is_a_file(tmp_path):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("x")
     logdir = blocker / "logs"
-    with pytest.raises(NotADirectoryError, match=r"not_a_dir/logs.*not writable.*logdir=None"):
+    with pytest.raises(NotADirectoryError, match=r"not_a_dir/logs.*not writable.*logdir=False"):
         RunWriters(logdir).check_writable()
 
 
@@ -122,7 +126,7 @@ def test_check_writable_creates_the_directory(tmp_path):
 
 
 def test_disabled_run_writes_nothing(tmp_path):
-    for run in (RunWriters(tmp_path / "off", enabled=False), RunWriters(None)):
+    for run in (RunWriters(tmp_path / "off", enabled=False), RunWriters(False)):
         run.check_writable()
         run.scalars("train", {"loss": 1.0}, step=0)
         with run.writer("train").as_default(step=0):
@@ -133,8 +137,24 @@ def test_disabled_run_writes_nothing(tmp_path):
     assert not (tmp_path / "off").exists()
 
 
+def test_logdir_none_means_the_default_directory_and_false_means_off(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with RunWriters(None, name="mlp") as run:  # None: logs/<name>-<time>, as for the Trainer
+        assert run.enabled
+        assert re.fullmatch(r"logs[/\\]mlp-\d{8}-\d{6}", run.logdir), run.logdir
+        run.scalars("train", {"loss": 1.0}, step=0)
+    assert [p.name for p in (tmp_path / run.logdir).iterdir()] == ["train"]
+    off = RunWriters(False)
+    assert off.logdir is None and not off.enabled
+    assert resolve_logdir(tmp_path / "x") == str(tmp_path / "x")
+
+
 def test_run_writers_errors(tmp_path):
-    with pytest.raises(TypeError, match="`logdir` to be a path"):
+    with pytest.raises(
+        TypeError,
+        match=r"RunWriters: `logdir` must be a directory path .* None "
+        r"for the default directory logs/<name>-<time>, or False .* int 3",
+    ):
         RunWriters(3)
     run = RunWriters(tmp_path)
     with pytest.raises(ValueError, match=r"plain names.*'train/x'"):
@@ -264,8 +284,10 @@ def test_gradient_logger_indexed_slices_and_disabled_writer(tmp_path):
     assert float(series(acc, "gradient_norm/table")[5]) == pytest.approx(math.sqrt(10.0))
     counts = series(acc, "gradients/table")[5][:, 2]
     assert counts.sum() == 8  # the dense gradient's 8 entries
-    off = GradientLogger(RunWriters(None).writer("train"))
+    disabled = RunWriters(False)
+    off = GradientLogger(disabled.writer("train"), enabled=disabled.enabled)
     off(0, [grad], [table])  # disabled: nothing to do, no error
+    assert not off.enabled
     with pytest.raises(ValueError, match="one gradient per variable"):
         off(0, [], [table])
 
@@ -307,6 +329,22 @@ def test_log_graph_with_gradients_has_the_backward_pass(tmp_path):
     assert {"Pow", "Mul", "AddV2", "Placeholder"} <= set(ops.values())
     backward = [n for n in ops if n.startswith("gradient_tape/")]
     assert backward and any(ops[n] == "Mul" for n in backward)
+    # Inputs named after f's parameters, operand constants after their value (not `y`).
+    assert ops["x"] == ops["y"] == "Placeholder"
+    assert not [n for n in ops if n.startswith("args_")]
+    assert ops["pow/const_2"] == ops["add_1/const_2"] == "Const"
+    assert not [n for n, op in ops.items() if op == "Const" and n.split("/")[-1] in ("x", "y")]
+
+
+def test_graphs_keep_constants_the_user_named(tmp_path):
+    def g(x):
+        with tf.name_scope("scale"):
+            y = tf.constant(3.0, name="y")  # the user's own `y`: keeps its name
+        return x * y + 1.0
+
+    ops = graph_ops(load(log_graph(g, 2.0, logdir=tmp_path)))
+    assert ops["scale/y"] == "Const" and ops["add/const_1"] == "Const"
+    assert {n for n, op in ops.items() if op == "Mul"} == {"mul"}
 
 
 def test_log_graph_of_tf_function_and_keras_model(tmp_path):
@@ -372,3 +410,53 @@ def test_fast_histogram_matches_tensorboards_own(tmp_path, data):
     assert np.abs(ours[:, 2] - theirs[:, 2]).max() <= 1  # a value on an edge may move one bucket
     meta = acc.SummaryMetadata("ours").plugin_data.plugin_name
     assert meta == acc.SummaryMetadata("theirs").plugin_data.plugin_name == "histograms"
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def test_log_figure_writes_the_rendered_plot_as_an_image(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 3))
+    ax = fig.subplots()
+    image = ax.imshow(np.arange(12.0).reshape(3, 4), cmap="viridis")
+    fig.colorbar(image, ax=ax, label="value")
+    ax.set(title="field", xlabel="x", ylabel="y")
+    with tf.summary.create_file_writer(str(tmp_path / "default")).as_default(step=7):
+        assert log_figure("plots/field", fig, description="a field")  # the default writer
+    assert log_figure("plots/field", fig, step=3, writer=tmp_path / "dir", dpi=50)
+    writer = tf.summary.create_file_writer(str(tmp_path / "writer"))
+    assert log_figure("plots/field", fig, step=1, writer=writer)
+    writer.close()
+    assert not log_figure("plots/field", fig, step=0)  # no default writer: nothing written
+    sizes = {}
+    for run, step in (("default", 7), ("dir", 3), ("writer", 1)):
+        [event] = load(tmp_path / run).Tensors("plots/field")
+        assert event.step == step
+        width, height, png = event.tensor_proto.string_val
+        decoded = tf.image.decode_png(png).numpy()
+        assert decoded.shape == (int(height), int(width), 4)
+        assert decoded[..., :3].std() > 10  # a drawing, not a blank canvas
+        sizes[run] = (int(width), int(height))
+    assert sizes["default"] == sizes["writer"]
+    assert sizes["dir"][0] == pytest.approx(sizes["default"][0] / 2, abs=3)  # dpi 50 vs 100
+
+
+def test_log_figure_errors_and_no_matplotlib_on_import(tmp_path):
+    import subprocess
+    import sys
+
+    with pytest.raises(TypeError, match=r"Matplotlib figure .* received ndarray.*summary\.image"):
+        log_figure("x", np.zeros((2, 2)), step=0, writer=tmp_path)
+    from matplotlib.figure import Figure
+
+    with pytest.raises(TypeError, match=r"`writer` to be a tf.summary.SummaryWriter.*received int"):
+        log_figure("x", Figure(), step=0, writer=3)
+    # Matplotlib is an extra: `import tapekit` does not load it, and no tapekit module imports it
+    # (the figure passed in brings it; TensorFlow itself loads it when it is installed).
+    code = "import sys, tapekit, tapekit.cli; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    package = Path(tapekit.__file__).parent
+    assert not [p for p in package.rglob("*.py") if "import matplotlib" in p.read_text()]

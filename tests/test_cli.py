@@ -1,16 +1,16 @@
-"""The `tapekit` console command, run as a real subprocess: recipes, run, inspect, board.
+"""The `tapekit` console command: recipes, run, inspect, board.
 
-Tests that start a subprocess are marked slow (each pays TensorFlow's import).
-
-Event files are written with tf.summary and read back by the command; `tapekit board` starts a
-real TensorBoard that is queried over HTTP and then stopped. Name resolution and the summary
-logic are also checked in-process (fast, exact values).
+The installed console script runs as a real subprocess once (`tapekit recipes`, which needs no
+TensorFlow); the other commands run in-process through `cli.main`, which is what the script
+calls (recipes that `run` starts are still real subprocesses). Event files are written with
+tf.summary and read back by the command. `tapekit board` serving a real TensorBoard until Ctrl+C
+is tested in test_tensorboard_server.py (one server for both server tests); running a real recipe
+with options through `tapekit run` is test_recipes.py's run of recipe 01.
 """
 
 from __future__ import annotations
 
 import ast
-import json
 import math
 import os
 import re
@@ -18,13 +18,14 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
-from tapekit import cli, logs_inspect
+from tapekit import cli
+from tapekit.board import reader
 
 TAPEKIT = Path(sys.executable).with_name("tapekit")
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TAPEKIT_RECIPES", None)
+    env.pop("TAPEKIT_COMMAND", None)
     env.update(extra)
     return env
 
@@ -47,6 +49,13 @@ def tapekit(*args: str, cwd: Path | None = None, timeout: float = 120, **env: st
         env=_env(**env),
         timeout=timeout,
     )
+
+
+@pytest.fixture(autouse=True)
+def _as_the_tapekit_command(monkeypatch):
+    """Hints name `tapekit` (not `python3 dev.py`, which sets TAPEKIT_COMMAND) unless a test
+    sets it."""
+    monkeypatch.delenv("TAPEKIT_COMMAND", raising=False)
 
 
 def _write_training_logs(logdir: Path) -> None:
@@ -71,9 +80,8 @@ def _write_training_logs(logdir: Path) -> None:
 # --- tapekit recipes / run ---------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_recipes_lists_every_recipe_with_its_docstring_line():
-    result = tapekit("recipes")
+    result = tapekit("recipes")  # the installed console script, as a subprocess
     assert result.returncode == 0, result.stderr
     files = sorted(p for p in (ROOT / "recipes").glob("[0-9]*_*.py"))
     assert files, "no recipes found"
@@ -94,45 +102,39 @@ def test_recipes_without_a_recipes_folder_says_where_they_live(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_run_passes_options_to_the_recipe_and_writes_its_logs(tmp_path):
-    logdir = tmp_path / "logs" / "first"
-    result = tapekit("run", "gradients", "--steps", "3", "--logdir", str(logdir), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "tape.gradient(y, x)" in result.stdout
-    assert "after 3 steps" in result.stdout
-    assert list(logdir.glob("events.out.tfevents.*"))
+def test_run_help_is_the_recipe_help(capfd):
+    assert cli.main(["run", "01", "--help"]) == 0  # the recipe is a real subprocess
+    out = capfd.readouterr().out
+    assert "usage: 01_gradients.py" in out
+    assert "--logdir" in out
 
 
-@pytest.mark.slow
-def test_run_help_is_the_recipe_help():
-    result = tapekit("run", "01", "--help")
-    assert result.returncode == 0, result.stderr
-    assert "usage: 01_gradients.py" in result.stdout
-    assert "--logdir" in result.stdout
-
-
-@pytest.mark.slow
-def test_run_unknown_recipe_lists_the_names():
-    result = tapekit("run", "no_such_recipe")
-    assert result.returncode == 2
-    assert "Unknown recipe 'no_such_recipe'" in result.stderr
+def test_run_unknown_recipe_lists_the_names(capsys, monkeypatch):
+    monkeypatch.delenv("TAPEKIT_RECIPES", raising=False)
+    assert cli.main(["run", "no_such_recipe"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tapekit run: error: Unknown recipe 'no_such_recipe'")
     for recipe in cli.list_recipes():
-        assert recipe.name in result.stderr
-    assert "Traceback" not in result.stderr
+        assert recipe.name in err
+    assert "Run `tapekit recipes` for descriptions." in err
+    monkeypatch.setenv("TAPEKIT_COMMAND", "python3 dev.py")  # what dev.py sets: hints name it
+    assert cli.main(["run", "no_such_recipe"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python3 dev.py run: error: Unknown recipe")
+    assert "Run `python3 dev.py recipes` for descriptions." in err
 
 
-@pytest.mark.slow
-def test_run_returns_the_recipe_status_and_quietens_tensorflow(tmp_path):
+def test_run_returns_the_recipe_status_and_quietens_tensorflow(tmp_path, monkeypatch, capfd):
     (tmp_path / "01_env.py").write_text(
         '"""Prints its environment."""\nimport os, sys\n'
         'print("level", os.environ.get("TF_CPP_MIN_LOG_LEVEL"), sys.argv[1:])\n'
     )
     (tmp_path / "02_fail.py").write_text('"""Fails."""\nraise SystemExit(3)\n')
-    env = {"TAPEKIT_RECIPES": str(tmp_path)}
-    ok = tapekit("run", "env", "--x", "1", **env)
-    assert ok.returncode == 0, ok.stderr
-    assert "level 2 ['--x', '1']" in ok.stdout
-    assert tapekit("run", "2", **env).returncode == 3
+    monkeypatch.setenv("TAPEKIT_RECIPES", str(tmp_path))
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    assert cli.main(["run", "env", "--x", "1"]) == 0
+    assert "level 2 ['--x', '1']" in capfd.readouterr().out
+    assert cli.main(["run", "2"]) == 3
 
 
 def test_find_recipe_accepts_number_stem_topic_and_unique_prefix(tmp_path):
@@ -156,7 +158,7 @@ def test_find_recipe_accepts_number_stem_topic_and_unique_prefix(tmp_path):
 
 def test_summarize_reads_steps_last_best_and_warns(tmp_path):
     _write_training_logs(tmp_path)
-    runs = {r.name: r for r in logs_inspect.summarize(tmp_path)}
+    runs = {r.name: r for r in reader.summarize(tmp_path)}
     assert sorted(runs) == ["train", "validation"]
     train = runs["train"]
     assert train.step_range == (0, 19)
@@ -181,6 +183,68 @@ def test_summarize_reads_steps_last_best_and_warns(tmp_path):
     assert runs["validation"].warnings == []
 
 
+@pytest.mark.parametrize(
+    ("tag", "direction"),
+    [
+        ("loss", "min"),
+        ("epoch_loss", "min"),
+        ("loss/train", "min"),
+        ("val_acc", "max"),
+        ("metrics/accuracy", "max"),
+        ("max_error_vs_exact", "min"),
+        ("meta_train/loss_after_adaptation", "min"),
+        ("sliced_wasserstein_distance", "min"),
+        ("tanh/f", None),  # function curves: the step is the index of an x value
+        ("tanh/d2f", None),
+        ("cut_at_y0/df_dx", None),
+        ("descent/x", None),
+        ("naive/softplus", None),
+        ("learning_rate", None),
+        ("steps_per_second", None),
+        ("gradient_norm/global", None),
+        ("lossless", None),
+    ],
+)
+def test_best_is_only_for_training_curves(tag, direction):
+    series = reader.ScalarSeries(tag, [0, 1, 2], [3.0, 1.0, 2.0])
+    assert series.direction == direction
+    assert series.best() == {"min": (1.0, 1), "max": (3.0, 0), None: None}[direction]
+
+
+def _corrupt_copies(logdir: Path) -> dict[str, Path]:
+    """Three runs of 20 loss values each: one bit flipped, one cut short, one random bytes."""
+    files = {}
+    for run in ("flipped", "truncated", "garbage"):
+        with tf.summary.create_file_writer(str(logdir / run)).as_default():
+            for step in range(20):
+                tf.summary.scalar("loss", 1.0 / (step + 1), step=step)
+        [files[run]] = (logdir / run).glob("events.out.tfevents.*")
+    data = bytearray(files["flipped"].read_bytes())
+    data[len(data) // 2] ^= 0x10
+    files["flipped"].write_bytes(bytes(data))
+    files["truncated"].write_bytes(files["truncated"].read_bytes()[:-5])
+    files["garbage"].write_bytes(np.random.default_rng(0).bytes(300))
+    return files
+
+
+def test_unreadable_event_files_are_named_in_a_warning(tmp_path, capsys):
+    files = _corrupt_copies(tmp_path)
+    _write_training_logs(tmp_path / "fine")
+    runs = {r.name: r for r in reader.summarize(tmp_path)}
+    fine = runs["fine/train"].warnings + runs["fine/validation"].warnings
+    assert not [w for w in fine if "could not be read" in w]  # intact files: no such warning
+    for run, where in (("flipped", "corrupted record at"), ("truncated", "truncated record at"),
+                       ("garbage", "corrupted record at 0")):  # fmt: skip
+        [warning] = [w for w in runs[run].warnings if "could not be read" in w]
+        assert warning.startswith(f"event file {run}/{files[run].name} could not be read after ")
+        assert where in warning and "delete it, or rerun the script that wrote it" in warning
+    assert "after 0 record(s)" in runs["garbage"].warnings[0]
+    assert len(runs["flipped"].scalars["loss"].steps) < 20  # what TensorBoard silently drops
+    assert cli.main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"WARNING event file garbage/{files['garbage'].name} could not be read" in out
+
+
 def test_summarize_keeps_the_latest_value_when_a_run_is_repeated(tmp_path):
     for value in (5.0, 7.0):  # two runs into the same directory, same steps
         writer = tf.summary.create_file_writer(str(tmp_path))
@@ -189,17 +253,15 @@ def test_summarize_keeps_the_latest_value_when_a_run_is_repeated(tmp_path):
                 tf.summary.scalar("loss", value + step, step=step)
         writer.close()
         time.sleep(0.01)
-    [run] = logs_inspect.summarize(tmp_path)
+    [run] = reader.summarize(tmp_path)
     assert run.name == "." and run.event_files == 2
     assert run.scalars["loss"].values == [7.0, 8.0, 9.0]
 
 
-@pytest.mark.slow
-def test_inspect_prints_a_report_per_run(tmp_path):
+def test_inspect_prints_a_report_per_run(tmp_path, capsys):
     _write_training_logs(tmp_path / "mlp")
-    result = tapekit("inspect", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    assert cli.main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
     assert re.search(r"^run mlp/train  \(steps 0\.\.19, 1 event file, ", out, re.M)
     assert re.search(r"^run mlp/validation  \(steps 9\.\.19, ", out, re.M)
     assert re.search(r"^  loss\s+0\.1\s+0\.1 \(min, step 19\)$", out, re.M)
@@ -220,16 +282,14 @@ def test_inspect_thresholds_are_options(tmp_path, capsys):
     assert "non-finite" in out
 
 
-@pytest.mark.slow
-def test_inspect_errors_missing_and_empty(tmp_path):
-    missing = tapekit("inspect", str(tmp_path / "logs"))
-    assert missing.returncode == 2
-    assert "does not exist. Run a recipe first, e.g. `tapekit run 01`" in missing.stderr
-    assert "Traceback" not in missing.stderr
+def test_inspect_errors_missing_and_empty(tmp_path, capsys):
+    assert cli.main(["inspect", str(tmp_path / "logs")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist. Run a recipe first, e.g. `tapekit run 01`" in err
+    assert "Traceback" not in err
 
-    empty = tapekit("inspect", str(tmp_path))
-    assert empty.returncode == 1
-    assert "No TensorBoard event files (events.out.tfevents.*) under" in empty.stderr
+    assert cli.main(["inspect", str(tmp_path)]) == 1
+    assert "No TensorBoard event files (events.out.tfevents.*) under" in capsys.readouterr().err
 
 
 def test_inspect_of_a_file_asks_for_the_directory(tmp_path, capsys):
@@ -248,61 +308,25 @@ def test_inspect_defaults_to_logs_in_the_current_directory(tmp_path, monkeypatch
 
 
 def test_format_report_of_non_finite_values_is_plain_ascii():
-    series = logs_inspect.ScalarSeries("loss", [0, 1], [1.0, math.inf])
-    run = logs_inspect.RunSummary("r", Path("r"), 1, scalars={"loss": series})
-    text = logs_inspect.format_report([run])
+    series = reader.ScalarSeries("loss", [0, 1], [1.0, math.inf])
+    run = reader.RunSummary("r", Path("r"), 1, scalars={"loss": series})
+    text = reader.format_report([run])
     assert "inf" in text and text.isascii()
 
 
 # --- tapekit board -----------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_board_missing_logdir_says_what_to_run_first(tmp_path):
-    result = tapekit("board", str(tmp_path / "nope"))
-    assert result.returncode == 2
-    assert "does not exist. Run a recipe first" in result.stderr
+def test_board_missing_logdir_says_what_to_run_first(tmp_path, capsys):
+    assert cli.main(["board", str(tmp_path / "nope")]) == 2
+    assert "does not exist. Run a recipe first" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_board_busy_port_is_a_clear_error(tmp_path):
+def test_board_busy_port_is_a_clear_error(tmp_path, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = tapekit("board", str(tmp_path), "--port", str(port))
-    assert result.returncode == 2
-    assert "TensorBoard could not start" in result.stderr and "Try another --port" in result.stderr
-
-
-@pytest.mark.slow
-def test_board_serves_the_logdir_until_stopped(tmp_path):
-    _write_training_logs(tmp_path)
-    proc = subprocess.Popen(
-        [str(TAPEKIT), "board", str(tmp_path), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=_env(),
-    )
-    try:
-        line = proc.stdout.readline()
-        match = re.search(r"TensorBoard for .* at (http://127\.0\.0\.1:\d+/) \(press Ctrl\+C", line)
-        assert match, f"unexpected first line: {line!r}"
-        url = match[1]
-        deadline, runs, tags = time.monotonic() + 90, [], {}
-        while time.monotonic() < deadline:
-            with urllib.request.urlopen(url + "data/runs", timeout=10) as r:
-                runs = json.loads(r.read())
-            if {"train", "validation"} <= set(runs):
-                with urllib.request.urlopen(url + "data/plugin/scalars/tags", timeout=10) as r:
-                    tags = json.loads(r.read())
-                if "loss" in tags.get("train", {}):
-                    break
-            time.sleep(0.5)
-        assert {"train", "validation"} <= set(runs)
-        assert "gradient_norm/dense/kernel" in tags["train"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    assert proc.returncode is not None
+        assert cli.main(["board", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert "TensorBoard could not start" in err and "Try another --port" in err

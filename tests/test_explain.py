@@ -316,6 +316,7 @@ def test_log_writes_graph_and_table(tmp_path):
         if n.kind == "op":
             assert graph[n.name] == n.op
     assert graph["x"] == "Placeholder"
+    assert not [n for n, op in graph.items() if op == "Const" and n.split("/")[-1] in ("x", "y")]
     (event,) = acc.Tensors("explain")
     text = tf.make_ndarray(event.tensor_proto).item().decode()
     assert "| pow → mul | ∂mul/∂pow = y | 4 | 1 × 4 = 4 |" in text

@@ -174,13 +174,16 @@ class GradientLogger:
     (they keep their weight histogram). Works eagerly and inside ``tf.function``. Inside a
     compiled step, a summary kind due every step is written with no condition at all; otherwise
     the norms and the histogram bucketing sit in a ``tf.cond`` branch, so steps that log nothing
-    skip that work. With a no-op writer (logging disabled) the call does nothing.
+    skip that work. With ``enabled=False`` (the writer's ``RunWriters`` is disabled, e.g. on a
+    non-chief worker) the call only checks its arguments.
 
     Args:
         writer: A ``tf.summary.SummaryWriter``, or a directory for a new file writer (owned by
             the logger; close it with :meth:`close`).
         histogram_every: Steps between histograms; 0 or None turns histograms off.
         norms_every: Steps between gradient-norm scalars; 0 or None turns them off.
+        enabled: Whether to log at all; pass ``RunWriters.enabled`` when ``writer`` comes from
+            :class:`RunWriters` (False for a disabled run: every call is then a no-op).
 
     Raises:
         TypeError: If ``writer`` is neither a summary writer nor a path.
@@ -188,12 +191,17 @@ class GradientLogger:
 
     Example:
         >>> import tempfile, tensorflow as tf, tapekit
-        >>> w = tf.Variable([1.0, 2.0], name="w")
-        >>> log = tapekit.board.GradientLogger(tempfile.mkdtemp(), histogram_every=10)
+        >>> from tapekit.board.reader import summarize
+        >>> w = tf.Variable([3.0, 4.0], name="w")
+        >>> logdir = tempfile.mkdtemp()
+        >>> log = tapekit.board.GradientLogger(logdir, histogram_every=10)
         >>> with tf.GradientTape() as tape:
-        ...     loss = tf.reduce_sum(w**2)
+        ...     loss = tf.reduce_sum(w**2) / 2  # gradient = w, norm 5
         >>> log(0, tape.gradient(loss, [w]), [w])  # writes norms and histograms at step 0
         >>> log.close()
+        >>> [run] = summarize(logdir)
+        >>> {tag: s.last for tag, s in run.gradient_norms.items()}, run.other
+        ({'global': 5.0, 'w': 5.0}, {'histograms': 2})
     """
 
     def __init__(
@@ -202,7 +210,9 @@ class GradientLogger:
         *,
         histogram_every: int = 100,
         norms_every: int = 1,
+        enabled: bool = True,
     ) -> None:
+        self.enabled = bool(enabled)
         self._owns_writer = False
         if isinstance(writer, (str, os.PathLike)):
             with tf.init_scope():
@@ -253,7 +263,7 @@ class GradientLogger:
                 f"gradient(s) for {len(variables)} variable(s). Pass the same list you gave "
                 f"tape.gradient(loss, variables)."
             )
-        if type(self.writer).__name__ == "_NoopSummaryWriter":  # disabled (non-chief): skip all
+        if not self.enabled:  # a disabled run (e.g. a non-chief worker): nothing to compute
             return
         tags = self.tags(variables)
         if not isinstance(step, int) or isinstance(step, bool):

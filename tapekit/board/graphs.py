@@ -10,6 +10,7 @@ TensorBoard shows one graph per run (directory), so every graph gets its own run
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from .._args import check_callable, fn_name
+from .._graphdef import readable
 from ..errors import describe_received
 
 __all__ = ["log_graph", "write_concrete_graph"]
@@ -72,10 +74,13 @@ def write_concrete_graph(
             is neither a writer nor a path.
 
     Example:
-        >>> import tempfile, tensorflow as tf, tapekit
+        >>> import os, tempfile, tensorflow as tf, tapekit
         >>> double = tf.function(lambda x: x * 2.0)
         >>> step = double.get_concrete_function(tf.TensorSpec([], tf.float32))
-        >>> tapekit.board.write_concrete_graph(step, tempfile.mkdtemp(), "double")
+        >>> run = tempfile.mkdtemp()
+        >>> tapekit.board.write_concrete_graph(step, run, "double")
+        >>> [f.startswith("events.out.tfevents.") for f in os.listdir(run)]  # one event file
+        [True]
     """
     if name is not None and not isinstance(name, str):
         raise TypeError(f"write_concrete_graph needs `name` as a str, but received {name!r}.")
@@ -99,7 +104,7 @@ def write_concrete_graph(
 
 def _write(graph: Any, writer: tf.summary.SummaryWriter) -> None:
     with tf.init_scope(), writer.as_default(), tf.summary.record_if(True):
-        tf.summary.graph(graph)
+        tf.summary.graph(readable(graph))
         writer.flush()
 
 
@@ -113,6 +118,9 @@ def _example_leaf(x: Any) -> Any:
 
 
 def _with_gradients(fn: Callable) -> Callable:
+    # functools.wraps gives the wrapper fn's signature, so tf.function names the graph's
+    # inputs after fn's parameters (x, y), not args_0, args_1.
+    @functools.wraps(fn)
     def value_and_gradients(*args: Any, **kwargs: Any) -> tuple[Any, list[tf.Tensor]]:
         leaves = [
             t

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping
 from types import TracebackType
@@ -19,7 +20,7 @@ from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["RunWriters"]
+__all__ = ["RunWriters", "resolve_logdir"]
 
 _SPLIT = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -28,22 +29,59 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
+def resolve_logdir(logdir: str | os.PathLike | bool | None, name: str = "run") -> str | None:
+    """What a ``logdir`` argument means, the same everywhere in tapekit.
+
+    Args:
+        logdir: A directory (``str`` or ``os.PathLike``, cloud paths included); ``None`` (or
+            ``True``) for the default directory ``logs/<name>-<YYYYmmdd-HHMMSS>``; ``False`` to
+            write nothing.
+        name: The run name used in the default directory.
+
+    Returns:
+        The run directory as a string, or ``None`` when logging is off.
+
+    Raises:
+        TypeError: If ``logdir`` is none of these.
+
+    Example:
+        >>> resolve_logdir("logs/x"), resolve_logdir(False)
+        ('logs/x', None)
+        >>> resolve_logdir(None, "mlp").startswith(os.path.join("logs", "mlp-"))
+        True
+    """
+    if logdir is False:
+        return None
+    if logdir is None or logdir is True:
+        return os.path.join("logs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not isinstance(logdir, (str, os.PathLike)):
+        raise TypeError(
+            f"`logdir` must be a directory path (str or os.PathLike), None for the default "
+            f"directory logs/<name>-<time>, or False for no logging, but received "
+            f"{type(logdir).__name__} {logdir!r}. Example: logdir='logs/run1'."
+        )
+    return os.fspath(logdir)
+
+
 class RunWriters:
     """Lazily created ``tf.summary`` file writers for one run, one per split.
 
     Args:
         logdir: The run directory. Split ``"train"`` writes to ``<logdir>/train`` and so on.
-            ``None`` disables logging (same as ``enabled=False``). Cloud paths (``gs://...``)
-            are passed to TensorFlow's file system layer.
+            ``None`` means the default directory ``logs/<name>-<time>`` and ``False`` no logging
+            (as for ``Trainer``; see :func:`resolve_logdir`). Cloud paths (``gs://...``) are
+            passed to TensorFlow's file system layer.
         enabled: If False, every method is a cheap no-op and ``writer()`` returns a no-op
             writer (use it on non-chief workers of a distributed job).
+        name: The run name in the default directory.
 
     Attributes:
-        logdir: The run directory as a string (``None`` when disabled without a directory).
-        enabled: Whether anything is written.
+        logdir: The run directory as a string (``None`` for ``logdir=False``).
+        enabled: Whether anything is written; give it to the loggers you attach to these
+            writers (``GradientLogger(run.writer("train"), enabled=run.enabled)``).
 
     Raises:
-        TypeError: If ``logdir`` is not a path (or None).
+        TypeError: If ``logdir`` is not a path, None or False.
 
     Example:
         >>> import os, tempfile, tapekit
@@ -56,14 +94,18 @@ class RunWriters:
         ['train', 'validation']
     """
 
-    def __init__(self, logdir: str | os.PathLike | None, *, enabled: bool = True) -> None:
-        if logdir is not None and not isinstance(logdir, (str, os.PathLike)):
-            raise TypeError(
-                f"RunWriters needs `logdir` to be a path (str or os.PathLike) or None, but "
-                f"received {type(logdir).__name__} {logdir!r}. Example: logdir='logs/run1'."
-            )
-        self.logdir: str | None = None if logdir is None else os.fspath(logdir)
-        self.enabled: bool = bool(enabled) and logdir is not None
+    def __init__(
+        self,
+        logdir: str | os.PathLike | bool | None,
+        *,
+        enabled: bool = True,
+        name: str = "run",
+    ) -> None:
+        try:
+            self.logdir: str | None = resolve_logdir(logdir, name)
+        except TypeError as exc:
+            raise TypeError(f"RunWriters: {exc}") from None
+        self.enabled: bool = bool(enabled) and self.logdir is not None
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
         self._noop: tf.summary.SummaryWriter | None = None
 
@@ -98,8 +140,8 @@ class RunWriters:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise cls(
                 f"TensorBoard log directory {path!r} is not writable ({reason}). Choose another "
-                f"logdir (e.g. logdir='logs/my_run' in a directory you own), or disable logging "
-                f"with logdir=None / logdir=False."
+                f"logdir (e.g. logdir='logs/my_run' in a directory you own), or turn logging off "
+                f"with logdir=False."
             ) from exc
 
     def writer(self, split: str) -> tf.summary.SummaryWriter:

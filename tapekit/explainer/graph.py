@@ -18,7 +18,7 @@ from typing import Any
 import tensorflow as tf
 
 from .. import _args
-from . import explain_render as _render
+from . import formulas as _formulas
 
 _CONTROL_FLOW = {
     "If",
@@ -264,7 +264,7 @@ class Evaluator:
         inputs = tuple(n or t.op.name for n, t in zip(src, op.inputs))
         for k, (t, v) in enumerate(zip(op.outputs, outs)):
             name = f"{op.name}:{k}" if len(op.outputs) > 1 else op.name
-            expr = _render.expression(op.type, labels)
+            expr = _formulas.expression(op.type, labels)
             if not active:
                 self._add(t, name, op.type, "constant", inputs, v, expr)
             elif not t.dtype.is_floating:
@@ -276,7 +276,7 @@ class Evaluator:
                         src[s],
                         s,
                         _local(tape.gradient(v, watched[s]), name, op.type),
-                        _render.formula(op.type, s, labels, self._const(op)),
+                        _formulas.formula(op.type, s, labels, self._const(op)),
                     )
                     for s in active
                 ]
@@ -302,7 +302,7 @@ class Evaluator:
             if name is not None and self.kind[name] != "constant":
                 labels.append(name)
             else:
-                labels.append(_render.fmt_value(self.value[t.name]))
+                labels.append(_formulas.fmt_value(self.value[t.name]))
         return labels
 
     def run(self) -> tuple[list[Node], list[Edge], str, float]:

@@ -3,8 +3,12 @@
 A *run* is a directory that directly holds ``events.out.tfevents.*`` files, as TensorBoard counts
 them. For each run the event files are read with TensorBoard's own ``EventAccumulator``; every
 scalar (TF2 ``tf.summary.scalar`` data is stored as tensors) is summarised by its step range, last
-and best value. Scalars tagged ``gradient_norm/<variable>`` (what tapekit's loggers and the Trainer
-write) also get a trend and warnings when they vanish (≈ 0), explode or stop being finite.
+and, for training curves (a loss or a metric, by tag), the best value; a function plotted over x
+(``tanh/f``, ``cut_at_y0/df_dx``) has no "best". Scalars tagged ``gradient_norm/<variable>`` (what
+tapekit's loggers and the Trainer write) also get a trend and warnings when they vanish (≈ 0),
+explode or stop being finite. An event file that cannot be read to its end (corrupt, truncated,
+not an event file) gets a warning naming it and the record where reading stopped: TensorBoard
+itself silently shows only what comes before.
 """
 
 from __future__ import annotations
@@ -19,10 +23,16 @@ __all__ = ["RunSummary", "ScalarSeries", "find_runs", "format_report", "summariz
 
 _EVENT_GLOB = "events.out.tfevents.*"
 _GRAD_PREFIX = "gradient_norm/"
-_HIGHER_IS_BETTER = re.compile(
-    r"acc|auc|precision|recall|f1|score|reward|iou|r2|per_second|throughput", re.I
+# A training curve names a loss or a metric in a component of its tag (``loss``, ``val_acc``,
+# ``loss/train``, ``max_error_vs_exact``); only those have a best value.
+_METRIC = (
+    r"loss|acc|accuracy|auc|precision|recall|f1|error|err|mae|mse|rmse|score|reward|iou|r2"
+    r"|perplexity|ppl|distance|nll|likelihood"
 )
-_NO_BEST = re.compile(r"learning_rate|(^|/)(lr|step|epoch)$", re.I)
+_TRAINING_CURVE = re.compile(rf"(^|[/_])({_METRIC})($|[/_])", re.I)
+_HIGHER_IS_BETTER = re.compile(
+    r"(^|[/_])(acc|accuracy|auc|precision|recall|f1|score|reward|iou|r2|likelihood)($|[/_])", re.I
+)
 
 
 @dataclass
@@ -40,8 +50,10 @@ class ScalarSeries:
 
     @property
     def direction(self) -> str | None:
-        """``"max"`` or ``"min"`` (which value is best, guessed from the tag) or ``None``."""
-        if self.tag.startswith(_GRAD_PREFIX) or _NO_BEST.search(self.tag):
+        """``"max"`` or ``"min"``: which value is best for a training curve (a tag naming a loss
+        or a metric, e.g. ``loss``, ``val_acc``); ``None`` for anything else (learning rate,
+        gradient norms, a function plotted over x)."""
+        if self.tag.startswith(_GRAD_PREFIX) or not _TRAINING_CURVE.search(self.tag):
             return None
         return "max" if _HIGHER_IS_BETTER.search(self.tag) else "min"
 
@@ -148,6 +160,34 @@ def _load(path: Path, root: Path) -> RunSummary:
     return run
 
 
+_READ_ERROR = re.compile(r"(corrupted|truncated) record at \d+")
+
+
+def _unreadable(path: Path, root: Path) -> str | None:
+    """Why ``path`` cannot be read to its end, or ``None``: every record's length and checksum
+    (TFRecord framing, checked by TensorFlow's reader) and every Event proto."""
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+    from tensorboard.compat.proto import event_pb2
+
+    records = 0
+    try:
+        for record in tf.data.TFRecordDataset(str(path)):
+            event_pb2.Event.FromString(record.numpy())
+            records += 1
+    except (tf.errors.DataLossError, DecodeError) as exc:
+        text = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
+        found = _READ_ERROR.search(text)
+        reason = found[0] if found else text.strip().splitlines()[0]
+        name = path.relative_to(root).as_posix() if path != root else path.name
+        return (
+            f"event file {name} could not be read after {records} record(s) ({reason}); "
+            f"later values are missing here and in TensorBoard. The file is corrupt, truncated "
+            f"or not an event file: delete it, or rerun the script that wrote it"
+        )
+    return None
+
+
 def _trend(series: ScalarSeries) -> tuple[float, float]:
     """Mean of the first and of the last tenth of a series (at least one point each)."""
     k = max(1, len(series.values) // 10)
@@ -210,6 +250,10 @@ def summarize(
     root = Path(logdir)
     runs = [_load(path, root) for path in find_runs(root)]
     for run in runs:
+        for file in sorted(run.path.glob(_EVENT_GLOB)):
+            problem = _unreadable(file, root)
+            if problem:
+                run.warnings.append(problem)
         _warn(run, vanishing, exploding)
     return runs
 

@@ -20,8 +20,9 @@ from typing import Any
 import tensorflow as tf
 
 from .. import _args
-from . import explain_render as _render
-from .explain_graph import Edge, Evaluator, Node, control_flow_message
+from .._graphdef import readable
+from . import render as _render
+from .graph import Edge, Evaluator, Node, control_flow_message
 
 __all__ = ["Edge", "Explanation", "Node", "explain"]
 
@@ -225,14 +226,12 @@ class Explanation:
         Returns:
             The run directory ``<logdir>/<name>``.
         """
-        from .graphs import write_concrete_graph
-
         run = os.path.join(os.fspath(logdir), name or f"explain_{self.fn_name}")
         with tf.init_scope():
             writer = tf.summary.create_file_writer(run)
             try:
-                write_concrete_graph(self._concrete, writer, self.fn_name)
                 with writer.as_default(step=0), tf.summary.record_if(True):
+                    tf.summary.graph(readable(self._concrete.graph))
                     tf.summary.text("explain", self.to_markdown())
             finally:
                 writer.close()
