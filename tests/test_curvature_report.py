@@ -7,7 +7,7 @@ import sys
 
 import tensorflow as tf
 
-from tapekit import logs_inspect
+from tapekit.board import reader as logs_inspect
 from tapekit.board.curvature_report import curvature_findings
 
 

@@ -114,7 +114,7 @@ def curvature_findings(
 
     Args:
         scalars: ``{tag: series}`` where each series has ``steps`` and ``values`` lists (what
-            :func:`tapekit.logs_inspect.summarize` gives as ``run.scalars``).
+            :func:`tapekit.board.reader.summarize` gives as ``run.scalars``).
         edge_tolerance: A sharpness within this relative distance of ``2/learning_rate`` is
             "at the edge of stability".
         update_ratio: An ``update_ratio/<variable>`` whose last value is at least this is
@@ -133,9 +133,9 @@ def curvature_findings(
         ...         "learning_rate": S(steps=[100], values=[0.1]),
         ...         "update_ratio/dense/kernel": S(steps=[100], values=[0.4])}
         >>> for kind, text in curvature_findings(runs):
-        ...     print(kind, text[:62])
-        NOTE sharpness 19.6 at step 100 is 0.98 x 2/learning_rate = 20: a
-        WARNING update_ratio/dense/kernel: exploding update ratio |dw|/|w| = 0
+        ...     print(kind, text.split(":")[0])
+        NOTE sharpness 19.6 at step 100 is 0.98 x 2/learning_rate = 20
+        WARNING update_ratio/dense/kernel
     """
     return [
         *_edge(scalars, edge_tolerance),

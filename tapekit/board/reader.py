@@ -289,7 +289,7 @@ def format_report(runs: list[RunSummary]) -> str:
     """
     if not runs:
         return "No runs."
-    from .board.curvature_report import curvature_findings
+    from .curvature_report import curvature_findings
 
     lines: list[str] = []
     for run in runs:
