@@ -37,11 +37,11 @@ _EXPORTS = {
     "jacfwd": ".jacobians",
     "jacobian": ".jacobians",
     "jacrev": ".jacobians",
-    "jvp": ".jacobians",
-    "partial": ".transforms",
-    "partials": ".transforms",
+    "jvp": ".products",
+    "partial": ".partial_derivatives",
+    "partials": ".partial_derivatives",
     "value_and_grad": ".transforms",
-    "vjp": ".jacobians",
+    "vjp": ".products",
 }
 _SUBPACKAGES = ("board", "training")
 
@@ -77,10 +77,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .checking import check_grads
     from .errors import DisconnectedGradientError, NonFiniteError, TapekitError
     from .hessians import hessian, hvp
-    from .jacobians import batch_jacobian, jacfwd, jacobian, jacrev, jvp, vjp
+    from .jacobians import batch_jacobian, jacfwd, jacobian, jacrev
+    from .partial_derivatives import partial, partials
+    from .products import jvp, vjp
     from .tape import Tape
     from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
-    from .transforms import derivative, grad, partial, partials, value_and_grad
+    from .transforms import derivative, grad, value_and_grad
 
 
 def __getattr__(name: str) -> Any:

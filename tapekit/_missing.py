@@ -26,7 +26,7 @@ import tensorflow as tf
 from tensorflow.python.eager import record as _record
 from tensorflow.python.framework import ops as _ops
 
-from . import _args, _compile, _diagnose, _tensors
+from . import _args, _calls, _captures, _compile, _diagnose, _tensors
 
 _STATEFUL_WRITES = ("Assign", "ResourceScatter", "ResourceApply", "ResourceSparseApply")
 _READS = ("ReadVariableOp", "ResourceGather", "ResourceGatherNd")
@@ -84,7 +84,7 @@ def check(
 
 def check_call(
     fn: Callable,
-    call: _compile.Call,
+    call: _calls.Call,
     targets: list[tf.Tensor],
     select: Callable[[Any], list[tf.Tensor]],
     transform: str,
@@ -242,7 +242,7 @@ _VERDICTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def retrace(
     fn: Callable,
-    call: _compile.Call,
+    call: _calls.Call,
     select: Callable[[Any], list[tf.Tensor]],
     key_fn: Callable | None = None,
 ) -> Callable[[list[int]], Found]:
@@ -257,12 +257,12 @@ def retrace(
 
     def run(missing: list[int]) -> Found:
         owner = key_fn or fn
-        spec, flat, opaque = _compile.split(call)
+        spec, flat, opaque = _calls.split(call)
         key = (
             spec,
             tuple((t.dtype, tuple(t.shape)) for t in flat),
             tuple(map(id, opaque)),
-            tuple(map(id, _compile.captured_objects(owner))),
+            tuple(map(id, _captures.captured_objects(owner))),
             tuple(missing),
         )
         try:
@@ -283,7 +283,7 @@ def retrace(
 
 
 def _trace_cuts(
-    fn: Callable, call: _compile.Call, select: Callable, missing: list[int]
+    fn: Callable, call: _calls.Call, select: Callable, missing: list[int]
 ) -> Found | None:
     """The cuts for ``missing`` sources (symbolic in the trace); ``None`` if NumPy got one."""
     symbolic = [j for j in missing if isinstance(call.sources[j], tf.Tensor)]
