@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -45,9 +46,21 @@ def watcher(fn: Any) -> Callable[[], tuple]:
     return captured
 
 
+_WATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def captured_objects(fn: Callable) -> tuple:
-    """The objects ``fn``'s closure cells and global names point at now (see ``watcher``)."""
-    return watcher(fn)()
+    """The objects ``fn``'s closure cells and global names point at now (see ``watcher``).
+
+    The names are read from ``fn``'s code once per function object.
+    """
+    try:
+        watch = _WATCHERS.get(fn)
+        if watch is None:
+            watch = _WATCHERS[fn] = watcher(fn)
+    except TypeError:  # not weakly referenceable
+        watch = watcher(fn)
+    return watch()
 
 
 def _collect(fn: Any, cells: list, names: list, depth: int) -> None:
