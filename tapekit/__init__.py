@@ -40,15 +40,15 @@ _EXPORTS = {
     "jacfwd": ".jacobians",
     "jacobian": ".jacobians",
     "jacrev": ".jacobians",
-    "jvp": ".jacobians",
+    "jvp": ".products",
     "linearize": ".linearization",
-    "partial": ".transforms",
-    "partials": ".transforms",
+    "partial": ".partial_derivatives",
+    "partials": ".partial_derivatives",
     "per_example_grad_norms": ".batching",
     "per_example_grads": ".batching",
     "remat": ".recompute",
     "value_and_grad": ".transforms",
-    "vjp": ".jacobians",
+    "vjp": ".products",
     "vmap": ".batching",
 }
 _SUBPACKAGES = ("board", "curvature", "explainer", "training")
@@ -94,14 +94,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .errors import DisconnectedGradientError, NonFiniteError, TapekitError
     from .explainer import explain
     from .hessians import hessian, hvp
-    from .jacobians import batch_jacobian, jacfwd, jacobian, jacrev, jvp, vjp
+    from .jacobians import batch_jacobian, jacfwd, jacobian, jacrev
     from .linearization import linearize
     from .noise_scale import gradient_noise_scale
+    from .partial_derivatives import partial, partials
+    from .products import jvp, vjp
     from .recompute import checkpoint, remat
     from .tape import Tape
     from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
     from .training.curvature_monitor import CurvatureMonitor
-    from .transforms import derivative, grad, partial, partials, value_and_grad
+    from .transforms import derivative, grad, value_and_grad
 
 
 def __getattr__(name: str) -> Any:

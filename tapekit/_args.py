@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from . import _tensors
 from .errors import describe_received
 
 Nest = Any
@@ -109,9 +110,8 @@ def _leaf_to_tensor(x: Any, where: Where, path: str, transform: str) -> tuple[An
         if x.dtype.is_floating:
             return x, x
         dtype = x.dtype
-    elif hasattr(x, "value") and isinstance(getattr(x, "value", None), tf.Variable):
+    elif (inner := _tensors.variable(x)) is not None:
         # A Keras 3 variable: pass it to fn as it is, watch the tf.Variable behind it.
-        inner = x.value
         if inner.dtype.is_floating:
             return x, inner
         dtype = inner.dtype
@@ -344,3 +344,11 @@ def check_scalar(value: tf.Tensor, fn: Callable, transform: str) -> None:
             f"{tuple(value.shape)}. Reduce it (tf.reduce_sum / tf.reduce_mean) or use "
             f"tapekit.jacobian."
         )
+
+
+def finish(transformed: Callable, fn: Callable, name: str, doc: str) -> Callable:
+    """Give a generated function its readable ``__name__``, ``__doc__`` and ``__wrapped__``."""
+    transformed.__name__ = transformed.__qualname__ = name
+    transformed.__doc__ = doc
+    transformed.__wrapped__ = fn  # inspect.signature(transformed) shows fn's parameters
+    return transformed

@@ -16,72 +16,27 @@ spec and per shape/dtype signature of the tensors. Warm eager calls go straight 
 concrete function. The cache holds the user function weakly where Python allows it (and keeps
 the last 64 of those it cannot reference weakly).
 
-As with ``tf.function``, Python values that the user function reads from its closure or
-attributes (not tensors or variables) are fixed when it is traced.
+A name the user function reads from its closure or globals that is rebound to another object
+is noticed (see ``_captures``) and traced again; Python values read through attributes, or
+mutated in place, are fixed when it is traced, as with ``tf.function``.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 import inspect
 import types
 import warnings
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
-from . import _args, _tensors
+from . import _args, _captures, _tensors
+from ._calls import Call, join, split
 
-Core = Callable[[Callable, "Call"], Any]
-
-
-@dataclass
-class Call:
-    """A prepared call of the user function.
-
-    ``args``/``kwargs`` are what ``fn`` receives; ``sources`` the flat list of values to watch
-    (one per differentiated leaf, in ``argnums`` order); ``structs`` holds, per differentiated
-    position, the value passed (its nest structure) and its number of leaves. ``extra`` holds
-    further tensors a core needs (e.g. the tangents of ``hvp``), as a flat list.
-    """
-
-    args: list[Any]
-    kwargs: dict[str, Any]
-    positions: list[int]
-    sources: list[Any]
-    structs: list[tuple[Any, int]]
-    extra: list[Any] = field(default_factory=list)
-
-
-def make_call(
-    fn: Callable,
-    args: tuple,
-    kwargs: dict,
-    argnums: tuple[int, ...],
-    transform: str,
-) -> Call:
-    """Validate ``argnums`` against a call and prepare the differentiated arguments."""
-    positions = _args.resolve_argnums(argnums, len(args), fn, transform)
-    if len(set(positions)) != len(positions):
-        raise ValueError(
-            f"{transform}: argnums={argnums} names the same argument twice. List each "
-            f"argument once, e.g. argnums=(0, 1)."
-        )
-    args_list = list(args)
-    # a tensor at two positions gets a copy: one derivative per position (see _args.prepare)
-    wheres = [functools.partial(_args.describe_arg, fn, i) for i in positions]
-    others = [a for i, a in enumerate(args) if i not in positions] + list(kwargs.values())
-    values, sources, structs = _args.prepare_all(
-        [args[i] for i in positions], wheres, transform, others
-    )
-    for i, value in zip(positions, values):
-        args_list[i] = value
-    return Call(args_list, kwargs, positions, sources, structs)
+Core = Callable[[Callable, Call], Any]
 
 
 _MODES = ("auto", "fwd", "rev")
@@ -101,121 +56,7 @@ def check_options(
             f"{transform}: jit_compile=True compiles with XLA and needs compile=True; "
             f"received compile=False. Drop one of them."
         )
-    if chunk_size is not None and (
-        not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
-    ):
-        raise ValueError(
-            f"{transform} needs chunk_size to be None or an int >= 1, but received "
-            f"{chunk_size!r}. It is the number of rows/columns computed at once."
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Splitting a call into (spec, flat tensors, opaque objects) and back.
-
-_STATIC = (str, bytes, int, float, complex, bool, type(None))
-_LEAF = ("x",)
-_EagerTensor = tf.__internal__.EagerTensor  # importing must not start TF's runtime
-
-
-def _encode(value: Any, flat: list, opaque: list, diff: bool) -> Any:
-    """A hashable description of ``value``; tensors go to ``flat``, other objects to ``opaque``."""
-    if type(value) is _EagerTensor:
-        flat.append(value)
-        return _LEAF
-    if isinstance(value, dict):
-        keys = sorted(value, key=lambda k: (str(type(k)), k) if not isinstance(k, str) else ("", k))
-        items = tuple((k, _encode(value[k], flat, opaque, diff)) for k in keys)
-        return ("d", type(value), tuple(value.keys()), items)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return ("n", type(value), tuple(_encode(v, flat, opaque, diff) for v in value))
-    if isinstance(value, (list, tuple)):
-        return ("l", type(value), tuple(_encode(v, flat, opaque, diff) for v in value))
-    if diff:  # a differentiated leaf: tensor, tf.Variable or Keras variable
-        variable = _variable(value)
-        if variable is not None:
-            # Passed as the tf.Variable itself (not its value), so that reads of it inside fn,
-            # also from fn's closure (e.g. a Keras model's own weights), reach the watched source.
-            opaque.append(variable)
-            return ("o",)
-        flat.append(tf.convert_to_tensor(value))
-        return _LEAF
-    if isinstance(value, tf.Tensor) or isinstance(value, np.ndarray):
-        flat.append(tf.convert_to_tensor(value))
-        return _LEAF
-    if isinstance(value, _STATIC):
-        if isinstance(value, np.generic):  # np.float64 (a float): tf.function would make it a
-            value = value.item()  # float64 tensor, which float32 ops reject; eager code accepts it
-        return ("s", type(value), value)
-    opaque.append(value)
-    return ("o",)
-
-
-def _variable(value: Any) -> tf.Variable | None:
-    """The tf.Variable a differentiated leaf is (or wraps, for a Keras variable), else None."""
-    if isinstance(value, tf.Variable):
-        return value
-    if isinstance(value, tf.Tensor):
-        return None
-    inner = getattr(value, "value", None)
-    return inner if isinstance(inner, tf.Variable) else None
-
-
-def _decode(spec: Any, flat: Any, opaque: Any) -> Any:
-    kind = spec[0]
-    if kind == "x":
-        return next(flat)
-    if kind == "s":
-        return spec[2]
-    if kind == "o":
-        return next(opaque)
-    if kind == "d":
-        items = dict((k, _decode(s, flat, opaque)) for k, s in spec[3])
-        ordered = {k: items[k] for k in spec[2]}
-        if spec[1] is dict:
-            return ordered
-        if issubclass(spec[1], collections.defaultdict):
-            return spec[1](None, ordered)
-        return spec[1](ordered)
-    if kind == "n":
-        return spec[1](*(_decode(s, flat, opaque) for s in spec[2]))
-    values = [_decode(s, flat, opaque) for s in spec[2]]
-    return values if spec[1] is list else spec[1](values)
-
-
-def split(call: Call) -> tuple[Any, list[tf.Tensor], tuple]:
-    """``(spec, flat tensors, opaque objects)`` of a prepared call (differentiated leaves first)."""
-    flat: list[tf.Tensor] = []
-    opaque: list[Any] = []
-    diff = tuple(_encode(call.args[i], flat, opaque, True) for i in call.positions)
-    extra = tuple(_encode(v, flat, opaque, True) for v in call.extra)
-    rest = tuple(
-        (i, _encode(a, flat, opaque, False))
-        for i, a in enumerate(call.args)
-        if i not in call.positions
-    )
-    kw = tuple((k, _encode(v, flat, opaque, False)) for k, v in sorted(call.kwargs.items()))
-    spec = (tuple(call.positions), len(call.args), diff, extra, rest, kw)
-    return spec, flat, tuple(opaque)
-
-
-def join(spec: Any, flat: tuple, opaque: tuple) -> Call:
-    """Rebuild the :class:`Call` (inside the trace) from :func:`split`'s pieces."""
-    positions, nargs, diff, extra_spec, rest, kw = spec
-    it, ot = iter(flat), iter(opaque)
-    args: list[Any] = [None] * nargs
-    structs = []
-    sources = []
-    for i, s in zip(positions, diff):
-        args[i] = _decode(s, it, ot)
-        leaves = tf.nest.flatten(args[i])
-        structs.append((args[i], len(leaves)))
-        sources.extend(v if (v := _variable(leaf)) is not None else leaf for leaf in leaves)
-    extra = [_decode(s, it, ot) for s in extra_spec]
-    for i, s in rest:
-        args[i] = _decode(s, it, ot)
-    kwargs = {k: _decode(s, it, ot) for k, s in kw}
-    return Call(args, kwargs, list(positions), sources, structs, tf.nest.flatten(extra))
+    _tensors.check_chunk_size(chunk_size, transform)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +132,7 @@ class _Entry:
         self.name = name
         self.function = tf.function(body, jit_compile=jit_compile, autograph=False)
         self.concrete: dict[Any, Any] = {}
-        self.captured = _captures(ref())
+        self.captured = _captures.watcher(ref())
         self.captured_ids: tuple[int, ...] | None = None
         self.held: tuple = ()
         self.generation = 0
@@ -350,88 +191,6 @@ class _Entry:
                 RetracingWarning,
                 stacklevel=5,  # the user's call of the transformed function
             )
-
-
-def _captures(fn: Any) -> Callable[[], tuple]:
-    """A function returning the objects ``fn``'s closure cells and global names point at now.
-
-    The names are read once from ``fn``'s code (and one level into the user functions it
-    calls by name); reading their current objects is a few dict lookups per call.
-    """
-    cells: list[Any] = []
-    names: list[tuple[dict, str]] = []
-    _collect(fn, cells, names, depth=0)
-    if not cells and not names:
-        return tuple
-    missing = object()
-
-    def captured() -> tuple:
-        out = []
-        for cell in cells:
-            try:
-                out.append(cell.cell_contents)
-            except ValueError:  # an empty cell (the name is assigned later in the outer scope)
-                out.append(missing)
-        out.extend(g.get(n, missing) for g, n in names)
-        return tuple(out)
-
-    return captured
-
-
-def captured_objects(fn: Callable) -> tuple:
-    """The objects ``fn``'s closure cells and global names point at now (see ``_captures``)."""
-    return _captures(fn)()
-
-
-def _collect(fn: Any, cells: list, names: list, depth: int) -> None:
-    """Add the closure cells and (globals, name) pairs of user function ``fn`` (see _captures)."""
-    if inspect.ismethod(fn):
-        fn = fn.__func__
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if not inspect.isfunction(fn):
-        return
-    if _from_library(fn):  # e.g. a tapekit transform: look at the user functions it holds
-        if (fn.__module__ or "").startswith("tapekit"):
-            for cell in fn.__closure__ or ():
-                inner = cell.cell_contents
-                if callable(inner) and inner is not fn:
-                    _collect(inner, cells, names, depth)
-        return
-    code = fn.__code__
-    nested = []
-    for cell in fn.__closure__ or ():
-        if all(c is not cell for c in cells):
-            cells.append(cell)
-            try:
-                nested.append(cell.cell_contents)
-            except ValueError:
-                pass
-    glob = fn.__globals__
-    for name in sorted(_code_names(code)):
-        value = glob.get(name, glob)
-        if value is glob or isinstance(value, types.ModuleType):
-            continue
-        if all(not (g is glob and n == name) for g, n in names):
-            names.append((glob, name))
-            nested.append(value)
-    if depth == 0:
-        for value in nested:
-            if inspect.isfunction(value) and value is not fn:
-                _collect(value, cells, names, depth + 1)
-
-
-def _code_names(code: types.CodeType) -> set[str]:
-    """The global/attribute names a code object and the code nested in it use."""
-    out = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            out |= _code_names(const)
-    return out
-
-
-def _from_library(fn: Callable) -> bool:
-    return (getattr(fn, "__module__", None) or "").split(".")[0] in _NO_AUTOGRAPH
 
 
 class RetracingWarning(UserWarning):

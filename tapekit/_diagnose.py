@@ -16,9 +16,10 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.python.framework import ops as _ops
 
+from . import _tensors
 from .errors import DisconnectedGradientError, NoGradientError
 
-_NONE = tf.UnconnectedGradients.NONE
+_NONE = _tensors.NONE
 
 # cause code -> (what happened, how to fix it); {src} is replaced by the source's label.
 CAUSES = {
@@ -108,26 +109,14 @@ CAUSES = {
 }
 
 
-def tf_value(x: Any) -> Any:
-    """The object TensorFlow's tapes know: the tf.Variable behind a Keras variable, else ``x``."""
-    if isinstance(x, (tf.Tensor, tf.Variable)):
-        return x
-    inner = getattr(x, "value", None)
-    return inner if isinstance(inner, tf.Variable) else x
-
-
 def describe(x: Any) -> str:
     """``variable 'dense/kernel'`` or ``tf.Tensor float32 (3,)`` for messages."""
-    v = tf_value(x)
+    v = _tensors.tf_value(x)
     if isinstance(v, tf.Variable):
         name = getattr(x, "path", None) or v.name
         return f"variable '{name}'"
     shape = tuple(v.shape) if v.shape.rank is not None else "unknown shape"
     return f"tf.Tensor {v.dtype.name} {shape}"
-
-
-def _is_float(x: Any) -> bool:
-    return x.dtype.is_floating or x.dtype.is_complex
 
 
 def _connected(tape: tf.GradientTape, targets: list, sources: list) -> list[bool]:
@@ -154,7 +143,7 @@ def causes(
     ``paused`` holds the ids of the sources used while ``stop_recording()`` was active
     (``should_record_backprop`` with only that tape active).
     """
-    bad_target = next((t for t in targets if not _is_float(t)), None)
+    bad_target = next((t for t in targets if not _tensors.is_float(t)), None)
     var_target = next((t for t in targets if isinstance(t, tf.Variable)), None)
     # should_record_backprop does not take variables: ask about their values' records
     targets = [t for t in targets if not isinstance(t, tf.Variable)]
@@ -164,7 +153,7 @@ def causes(
     out = []
     for j in missing:
         s = sources[j]
-        if not _is_float(s):
+        if not _tensors.is_float(s):
             out.append((j, "integer_dtype", {"dtype": s.dtype.name}))
             continue
         if bad_target is not None:
@@ -220,7 +209,7 @@ def no_gradient_op(tape: tf.GradientTape, targets: list, sources: list, exc: Loo
     op = match.group(1) if match else "unknown"
     affected = []
     for j, s in enumerate(sources):
-        if not _is_float(s):
+        if not _tensors.is_float(s):
             continue
         try:
             tape.gradient(targets, s, unconnected_gradients=_NONE)
@@ -270,7 +259,7 @@ def graph_tensors(source: Any, graph: Any) -> list:
 
 
 def _passes_no_gradient(op: Any) -> bool:
-    if op.outputs and all(not _is_float(o) for o in op.outputs):
+    if op.outputs and all(not _tensors.is_float(o) for o in op.outputs):
         return True  # e.g. an integer tf.cast or tf.argmax
     try:
         fn = _ops.get_gradient_function(op)

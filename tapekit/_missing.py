@@ -26,7 +26,7 @@ import tensorflow as tf
 from tensorflow.python.eager import record as _record
 from tensorflow.python.framework import ops as _ops
 
-from . import _args, _compile, _diagnose, _tensors
+from . import _args, _calls, _captures, _compile, _diagnose, _tensors
 
 _STATEFUL_WRITES = ("Assign", "ResourceScatter", "ResourceApply", "ResourceSparseApply")
 _READS = ("ReadVariableOp", "ResourceGather", "ResourceGatherNd")
@@ -84,7 +84,7 @@ def check(
 
 def check_call(
     fn: Callable,
-    call: _compile.Call,
+    call: _calls.Call,
     targets: list[tf.Tensor],
     select: Callable[[Any], list[tf.Tensor]],
     transform: str,
@@ -142,11 +142,16 @@ def no_gradient_error(
     return error(transform, names, found, sources)
 
 
+_EagerTensor = tf.__internal__.EagerTensor
+
+
 def graph_of(targets: list[Any]) -> Any:
+    """The graph the (first non-eager) target lives in, or ``None`` for eager tensors."""
     for t in targets:
-        graph = getattr(t, "graph", None)
-        if graph is not None and not isinstance(t, tf.__internal__.EagerTensor):
-            return graph
+        if type(t) is not _EagerTensor:  # the .graph of an eager tensor raises
+            graph = getattr(t, "graph", None)
+            if graph is not None:
+                return graph
     return None
 
 
@@ -242,7 +247,7 @@ _VERDICTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def retrace(
     fn: Callable,
-    call: _compile.Call,
+    call: _calls.Call,
     select: Callable[[Any], list[tf.Tensor]],
     key_fn: Callable | None = None,
 ) -> Callable[[list[int]], Found]:
@@ -257,12 +262,9 @@ def retrace(
 
     def run(missing: list[int]) -> Found:
         owner = key_fn or fn
-        spec, flat, opaque = _compile.split(call)
         key = (
-            spec,
-            tuple((t.dtype, tuple(t.shape)) for t in flat),
-            tuple(map(id, opaque)),
-            tuple(map(id, _compile.captured_objects(owner))),
+            _signature(call),
+            tuple(map(id, _captures.captured_objects(owner))),
             tuple(missing),
         )
         try:
@@ -282,8 +284,32 @@ def retrace(
     return run
 
 
+_SCALARS = (int, float, bool, str, type(None))
+
+
+def _signature(call: _calls.Call) -> Any:
+    """A hashable key of what a trace of ``call`` depends on: tensor dtypes and shapes, Python
+    constants, the identity of other objects (the common flat case without the full split)."""
+    values = [*call.args, *call.kwargs.values()]
+    if all(type(v) is _EagerTensor or type(v) in _SCALARS for v in values):
+        return (
+            tuple(call.positions),
+            tuple(sorted(call.kwargs)),
+            tuple(
+                (v.dtype, _shape(v)) if type(v) is _EagerTensor else (type(v), v) for v in values
+            ),
+        )
+    spec, flat, opaque = _calls.split(call)
+    return spec, tuple((t.dtype, _shape(t)) for t in flat), tuple(map(id, opaque))
+
+
+def _shape(t: tf.Tensor) -> tuple:
+    shape_tuple = getattr(t, "_shape_tuple", None)  # the eager tensor's fast accessor
+    return shape_tuple() if shape_tuple is not None else tuple(t.shape)
+
+
 def _trace_cuts(
-    fn: Callable, call: _compile.Call, select: Callable, missing: list[int]
+    fn: Callable, call: _calls.Call, select: Callable, missing: list[int]
 ) -> Found | None:
     """The cuts for ``missing`` sources (symbolic in the trace); ``None`` if NumPy got one."""
     symbolic = [j for j in missing if isinstance(call.sources[j], tf.Tensor)]

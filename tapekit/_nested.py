@@ -15,31 +15,10 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.python.eager import record as _record
 
-from . import _diagnose, _missing
+from . import _diagnose, _missing, _tensors, _vectorize
 
-_NONE = tf.UnconnectedGradients.NONE
-_ZERO = tf.UnconnectedGradients.ZERO
-
-
-def _dense(g: Any) -> Any:
-    return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-
-
-def zeros(leading: Any, source: Any, skip: int = 0) -> tf.Tensor:
-    """Zeros of shape ``leading + source.shape[skip:]`` and ``source``'s dtype.
-
-    ``leading`` is a tensor (its shape is used) or ``[]``; shapes known only at run time work.
-    """
-    lead = leading.shape if isinstance(leading, (tf.Tensor, tf.Variable)) else tf.TensorShape([])
-    shape = lead.concatenate(source.shape[skip:])
-    if shape.is_fully_defined():
-        return tf.zeros(shape, source.dtype)
-    parts = [tf.shape(leading)] if lead.rank else []
-    return tf.zeros(tf.concat(parts + [tf.shape(source)[skip:]], 0), source.dtype)
-
-
-def is_float(x: Any) -> bool:
-    return x.dtype.is_floating or x.dtype.is_complex
+_NONE = _tensors.NONE
+_ZERO = _tensors.ZERO
 
 
 class Nested:
@@ -70,7 +49,7 @@ class Nested:
     def watch(self, value: Any) -> None:
         """Watch one tensor/variable on every tape (integer ones are only remembered)."""
         self.watched[id(value)] = value
-        if is_float(value):
+        if _tensors.is_float(value):
             for t in self.tapes:
                 t.watch(value)
 
@@ -117,11 +96,11 @@ class Nested:
         raises.
         """
         inner = self.tapes[-1]
-        src = [_diagnose.tf_value(s) for s in flat]
-        targets = [_diagnose.tf_value(t) for t in tf.nest.flatten(target)]
-        use = [j for j, s in enumerate(src) if is_float(s)]
+        src = [_tensors.tf_value(s) for s in flat]
+        targets = [_tensors.tf_value(t) for t in tf.nest.flatten(target)]
+        use = [j for j, s in enumerate(src) if _tensors.is_float(s)]
         grads: list[Any] = [None] * len(src)
-        if use and all(is_float(t) for t in targets):
+        if use and all(_tensors.is_float(t) for t in targets):
             try:
                 with self.recording(active):
                     got = inner.gradient(
@@ -131,7 +110,7 @@ class Nested:
                         unconnected_gradients=_NONE,
                     )
                     if active:  # densified where the outer tapes record it (for order >= 2)
-                        got = [None if g is None else _dense(g) for g in got]
+                        got = [None if g is None else _tensors.dense(g) for g in got]
             except LookupError as exc:
                 with self.recording(()):
                     op, hit = _diagnose.no_gradient_op(inner, targets, src, exc)
@@ -161,7 +140,7 @@ class Nested:
         if missing and mode == "zero":
             with self.recording(()):
                 for j in missing:
-                    grads[j] = zeros([], src[j])
+                    grads[j] = _tensors.zeros([], src[j])
         return grads
 
     def next_order(
@@ -176,17 +155,79 @@ class Nested:
                 if g is None:
                     out.append(None)
                     continue
-                src = _diagnose.tf_value(s)
+                src = _tensors.tf_value(s)
                 try:
                     # None here means a zero derivative: the previous one was connected. The
                     # result is densified where the outer tapes record it (for the next order).
-                    out.append(_dense(tape.gradient(g, src, unconnected_gradients=_ZERO)))
+                    out.append(_tensors.dense(tape.gradient(g, src, unconnected_gradients=_ZERO)))
                 except LookupError as exc:
-                    op, _ = _diagnose.no_gradient_op(tape, [_dense(g)], [src], exc)
+                    op, _ = _diagnose.no_gradient_op(tape, [_tensors.dense(g)], [src], exc)
                     found = [(j, "no_gradient_op", {"op": op})]
                     method = f"Tape.gradient at order {level}"
                     raise self._error(method, labels, found, flat, False) from exc
         return out
+
+    def jacobian(
+        self,
+        name: str,
+        t_flat: list,
+        t_labels: list[str],
+        flat: list,
+        labels: list[str],
+        mode: str,
+        chunk: int | None,
+        batch: bool,
+    ) -> list[list[Any]]:
+        """Per target leaf, the Jacobian block w.r.t. each source leaf (``None`` where missing
+        with ``mode="none"``), vectorized with pfor over the innermost tape's recording."""
+        src = [_tensors.tf_value(s) for s in flat]
+        targets = [_tensors.tf_value(t) for t in t_flat]
+        if batch and not _vectorize.same_batch(targets + src):
+            raise ValueError(
+                f"Tape.batch_jacobian needs the target(s) and source(s) to share one leading "
+                f"(batch) dimension, but their shapes are "
+                f"{[tuple(v.shape) for v in targets + src]}. Use Tape.jacobian instead."
+            )
+        first = "raise" if mode == "raise" else "none"  # missing blocks are filled in below
+        connected = []  # per target leaf: which sources it depends on (each block on its own)
+        for t, t_label in zip(t_flat, t_labels):
+            method = f"Tape.{name}" if len(t_flat) == 1 else f"Tape.{name} of {t_label}"
+            grads = self.first_order(method, t, flat, labels, first, None, ())
+            connected.append([g is not None for g in grads])
+        live = [j for j in range(len(src)) if any(c[j] for c in connected)]
+        inner = self.tapes[-1]
+
+        def vjp(cotangents: list[tf.Tensor]) -> list[Any]:
+            return inner.gradient(
+                targets,
+                [src[j] for j in live],
+                output_gradients=cotangents,
+                unconnected_gradients=_ZERO,
+            )
+
+        with self.recording(()):
+            blocks = (
+                _vectorize.reverse(
+                    vjp,
+                    targets,
+                    [src[j] for j in live],
+                    batch=batch,
+                    chunk_size=chunk,
+                    what=f"Tape.{name}",
+                )
+                if live
+                else [[] for _ in targets]
+            )
+            rows = []
+            for t, row, links in zip(targets, blocks, connected):
+                full: list[Any] = [None] * len(src)
+                for j, b in zip(live, row):
+                    full[j] = b if links[j] else None
+                for j in range(len(src)):
+                    if full[j] is None and mode == "zero":
+                        full[j] = _tensors.zeros(t, src[j], skip=1 if batch else 0)
+                rows.append(full)
+        return rows
 
     @staticmethod
     def _error(

@@ -12,7 +12,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from . import _args, _compile, _missing, _tensors
+from . import _args, _calls, _missing, _tensors
 from .errors import describe_received
 
 Variables = Any
@@ -84,7 +84,7 @@ def value_and_grad(
         flat = tape.gradient(value, sources, unconnected_gradients=_tensors.NONE)
     except LookupError as exc:
         raise _missing.no_gradient_error(tape, [value], sources, exc, transform, names()) from exc
-    call = _compile.Call(list(args), kwargs, [], sources, [])
+    call = _calls.Call(list(args), kwargs, [], sources, [])
     _missing.check([value], sources, transform, names, _missing.retrace(fn, call, select))
     grads = {
         p: _tensors.zeros_like_source(s) if g is None else _tensors.dense(g)

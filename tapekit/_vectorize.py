@@ -25,13 +25,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops.parallel_for import control_flow_ops as _pfor_ops
 
-from . import _args
+from . import _args, _tensors
 from ._args import fn_name
 
 __all__ = [
     "VectorizationWarning",
     "check_batch",
-    "dense",
     "forward",
     "forward_or_reverse",
     "pack_columns",
@@ -39,9 +38,10 @@ __all__ = [
     "reverse",
     "same_batch",
     "size",
+    "src_dtype",
 ]
 
-_ZERO = tf.UnconnectedGradients.ZERO
+_ZERO = _tensors.ZERO
 _warned: set[tuple[str, str]] = set()
 
 
@@ -213,7 +213,7 @@ def reverse(
 
     def loop_fn(i: tf.Tensor) -> list[tf.Tensor]:
         cots = [_basis(i, o, d, dt, batch) for o, d, dt in zip(offsets, t_dims, dtypes)]
-        return [dense(g) for g in gradient(cots)]
+        return [_tensors.dense(g) for g in gradient(cots)]
 
     if _is_zero(total) or any(_is_zero(_prod(d[skip:])) for d in s_dims):
         rows = [tf.zeros(_arg([total] + d), src_dtype(s)) for d, s in zip(s_dims, sources)]
@@ -342,13 +342,6 @@ def same_batch(values: list[Any]) -> bool:
     return len(known) <= 1
 
 
-def dense(g: Any) -> Any:
-    """``g`` as a dense tensor (gradients through ``tf.gather`` come as IndexedSlices)."""
-    return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-
-
 def src_dtype(s: Any) -> tf.DType:
-    inner = getattr(s, "value", None)
-    if not isinstance(s, (tf.Tensor, tf.Variable)) and isinstance(inner, tf.Variable):
-        return inner.dtype
-    return s.dtype
+    """The dtype of a source (the tf.Variable's behind a Keras variable)."""
+    return _tensors.tf_value(s).dtype

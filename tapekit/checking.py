@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from . import _args
+from . import _args, _tensors
 from .errors import describe_received
 
 __all__ = ["check_grads"]
 
-_ZERO = tf.UnconnectedGradients.ZERO
+_ZERO = _tensors.ZERO
 _MAX_ELEMENTS = 200_000
 
 # Default tolerances by the dtype the analytic derivatives are computed in.

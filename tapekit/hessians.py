@@ -14,16 +14,15 @@ from typing import Any
 
 import tensorflow as tf
 
-from . import _args, _compile, _missing, _tensors, _vectorize
+from . import _args, _calls, _compile, _missing, _tangents, _tensors, _vectorize
 from ._args import ArgNums
-from .jacobians import _check_primals, _flatten_like, _match_dtype_shape
 
 __all__ = ["hessian", "hvp"]
 
-_ZERO = tf.UnconnectedGradients.ZERO
+_ZERO = _tensors.ZERO
 
 
-def _scalar(fn: Callable, call: _compile.Call, transform: str) -> tf.Tensor:
+def _scalar(fn: Callable, call: _calls.Call, transform: str) -> tf.Tensor:
     def select(out: Any) -> list[tf.Tensor]:
         value = _args.as_output_tensor(out, fn, transform)
         _args.check_scalar(value, fn, transform)
@@ -34,17 +33,17 @@ def _scalar(fn: Callable, call: _compile.Call, transform: str) -> tf.Tensor:
     return value
 
 
-def _gradient(fn: Callable, call: _compile.Call, what: str) -> list[tf.Tensor]:
+def _gradient(fn: Callable, call: _calls.Call, what: str) -> list[tf.Tensor]:
     """The dense gradient of scalar ``fn`` w.r.t. ``call.sources`` (recorded by enclosing tapes)."""
     with tf.GradientTape(watch_accessed_variables=False) as inner:
         inner.watch(call.sources)
         value = _scalar(fn, call, what)
     grads = inner.gradient(value, call.sources, unconnected_gradients=_ZERO)
-    return [_vectorize.dense(g) for g in grads]
+    return [_tensors.dense(g) for g in grads]
 
 
 def _hessian_core(single: bool, mode: str, chunk_size: int | None, has_aux: bool) -> Callable:
-    def core(user_fn: Callable, call: _compile.Call) -> Any:
+    def core(user_fn: Callable, call: _calls.Call) -> Any:
         fn, plain_aux = _tensors.aux_splitter(user_fn, has_aux, "hessian")
         sources = call.sources
 
@@ -52,7 +51,7 @@ def _hessian_core(single: bool, mode: str, chunk_size: int | None, has_aux: bool
             def jvp(tangents: list[tf.Tensor]) -> list[tf.Tensor]:
                 with tf.autodiff.ForwardAccumulator(sources, tangents) as acc:
                     grads = _gradient(fn, call, "hessian")
-                return [_vectorize.dense(acc.jvp(g, unconnected_gradients=_ZERO)) for g in grads]
+                return [_tensors.dense(acc.jvp(g, unconnected_gradients=_ZERO)) for g in grads]
 
             outputs = [tf.convert_to_tensor(s) for s in sources]
             return _vectorize.forward(jvp, sources, outputs, chunk_size=chunk_size, what="hessian")
@@ -133,21 +132,22 @@ def hessian(
     options = (nums, single, mode, chunk_size, has_aux)
 
     def hessian_fn(*args: Any, **kwargs: Any) -> Any:
-        call = _compile.make_call(fn, args, kwargs, nums, "hessian")
+        call = _calls.make_call(fn, args, kwargs, nums, "hessian")
         return _compile.run(
             fn, "hessian", options, core, call, compile=compile, jit_compile=jit_compile
         )
 
     label = "_".join(str(a) for a in nums)
-    hessian_fn.__name__ = hessian_fn.__qualname__ = f"hessian_of_{_args.fn_name(fn)}_wrt_{label}"
-    hessian_fn.__doc__ = (
-        f"Hessian of `{_args.fn_name(fn)}` w.r.t. argument(s) {nums}; see tapekit.hessian."
+    _args.finish(
+        hessian_fn,
+        fn,
+        f"hessian_of_{_args.fn_name(fn)}_wrt_{label}",
+        f"Hessian of `{_args.fn_name(fn)}` w.r.t. argument(s) {nums}; see tapekit.hessian.",
     )
-    hessian_fn.__wrapped__ = fn
     return _compile.no_autograph(hessian_fn)
 
 
-def _hvp_core(fn: Callable, call: _compile.Call) -> tuple[Any, ...]:
+def _hvp_core(fn: Callable, call: _calls.Call) -> tuple[Any, ...]:
     sources, tangents = call.sources, call.extra
 
     def forward() -> list[tf.Tensor]:
@@ -163,7 +163,7 @@ def _hvp_core(fn: Callable, call: _compile.Call) -> tuple[Any, ...]:
             grads, sources, output_gradients=tangents, unconnected_gradients=_ZERO
         )
 
-    products = [_vectorize.dense(p) for p in _vectorize.forward_or_reverse(forward, reverse)]
+    products = [_tensors.dense(p) for p in _vectorize.forward_or_reverse(forward, reverse)]
     return _vectorize.pack_columns(products, call.structs, single=False)
 
 
@@ -212,21 +212,15 @@ def hvp(
     _args.check_callable(fn, "hvp")
     if jit_compile and not compile:
         _compile.check_options("hvp", "auto", compile, jit_compile, None)
-    primals = _check_primals(primals, "hvp")
-    tangents = _check_primals(tangents, "hvp", "tangents")
+    primals = _tangents.check_primals(primals, "hvp")
+    tangents = _tangents.check_primals(tangents, "hvp", "tangents")
     if len(primals) != len(tangents):
         raise ValueError(
             f"hvp needs one tangent per primal, but received {len(primals)} primals and "
             f"{len(tangents)} tangents."
         )
-    call = _compile.make_call(fn, tuple(primals), {}, tuple(range(len(primals))), "hvp")
-    start = 0
-    for i, ((value, n), t) in enumerate(zip(call.structs, tangents)):
-        flat_t = _flatten_like(t, value, f"tangent {i}", "hvp")
-        for j, (w, ft) in enumerate(zip(call.sources[start : start + n], flat_t)):
-            where = f"tangent {i}" if n == 1 else f"tangent {i} (leaf {j})"
-            call.extra.append(_match_dtype_shape(ft, w, where, "hvp"))
-        start += n
+    call = _calls.make_call(fn, tuple(primals), {}, tuple(range(len(primals))), "hvp")
+    call.extra.extend(_tangents.tangents_for(call.structs, call.sources, tangents, "hvp"))
     return _compile.run(fn, "hvp", (), _hvp_core, call, compile=compile, jit_compile=jit_compile)
 
 

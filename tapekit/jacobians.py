@@ -1,249 +1,24 @@
-"""Linearization transforms: jvp (forward mode), vjp (reverse mode) and the Jacobian family.
+"""The Jacobian family: jacobian (and its two modes jacfwd / jacrev) and batch_jacobian.
 
-``jvp`` runs ``fn`` under ``tf.autodiff.ForwardAccumulator``; ``vjp`` records it on a
-persistent ``tf.GradientTape``. Both accept nests of primals and keep their dtypes.
-``jacobian`` and ``batch_jacobian`` stack all rows (or columns) of those products in one
-vectorized pass, compiled and cached per function and input signature.
+All rows (vector-Jacobian products, reverse mode) or columns (Jacobian-vector products, forward
+mode) are stacked in one vectorized pass, compiled and cached per function and input signature
+(see ``_compile`` and ``_vectorize``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
 
-from . import _args, _compile, _missing, _tensors, _vectorize
+from . import _args, _calls, _compile, _missing, _tensors, _vectorize
 from ._args import ArgNums
-from .errors import describe_received
 
-__all__ = ["batch_jacobian", "jacfwd", "jacobian", "jacrev", "jvp", "vjp"]
+__all__ = ["batch_jacobian", "jacfwd", "jacobian", "jacrev"]
 
 _ZERO = _tensors.ZERO
 _NONE = _tensors.NONE
-
-
-def _check_primals(primals: Any, transform: str, what: str = "primals") -> list[Any]:
-    if not isinstance(primals, (tuple, list)):
-        raise TypeError(
-            f"{transform} needs `{what}` as a tuple with one entry per argument of fn, but "
-            f"received {describe_received(primals)}. Wrap a single argument: ({what[:-1]},)."
-        )
-    return list(primals)
-
-
-def _match_dtype_shape(value: Any, like: Any, where: str, transform: str) -> tf.Tensor:
-    """Convert a tangent/cotangent to the dtype of ``like``; check the shape matches."""
-    dtype = like.dtype
-    if isinstance(value, (tf.Tensor, tf.Variable)):
-        if value.dtype != dtype:
-            raise TypeError(
-                f"{transform}: {where} has dtype {value.dtype.name} but must match the "
-                f"corresponding value's dtype {dtype.name}. Cast it: tf.cast(t, tf.{dtype.name})."
-            )
-        t = tf.convert_to_tensor(value)
-    else:
-        try:
-            t = tf.convert_to_tensor(value, dtype=dtype)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"{transform}: {where} must be convertible to {dtype.name}, but received "
-                f"{describe_received(value)}."
-            ) from exc
-    if t.shape.rank is not None and like.shape.rank is not None:
-        if not t.shape.is_compatible_with(like.shape):
-            raise ValueError(
-                f"{transform}: {where} has shape {tuple(t.shape)} but must have the shape of the "
-                f"corresponding value, {tuple(like.shape)}."
-            )
-    return t
-
-
-def _flatten_like(value: Any, structure: Any, where: str, transform: str) -> list[Any]:
-    try:
-        tf.nest.assert_same_structure(structure, value, check_types=False)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(
-            f"{transform}: {where} must have the same structure as the value it pairs with; {exc}"
-        ) from exc
-    _check_keys(structure, value, where, transform)
-    return tf.nest.flatten(value)
-
-
-def _check_keys(structure: Any, value: Any, where: str, transform: str) -> None:
-    """assert_same_structure(check_types=False) pairs dict values by sorted position only."""
-    if isinstance(structure, dict):
-        if set(structure) != set(value):
-            raise ValueError(
-                f"{transform}: {where} must have the same dict keys as the value it pairs with, "
-                f"{sorted(map(repr, structure))}, but has {sorted(map(repr, value))}."
-            )
-        for k in structure:
-            _check_keys(structure[k], value[k], where, transform)
-    elif isinstance(structure, (list, tuple)):
-        for s, v in zip(structure, value):
-            _check_keys(s, v, where, transform)
-
-
-def jvp(
-    fn: Callable, primals: Sequence[Any], tangents: Sequence[Any], *, has_aux: bool = False
-) -> tuple[Any, ...]:
-    """Evaluate ``fn`` and its Jacobian-vector product (forward mode).
-
-    Args:
-        fn: A function of ``len(primals)`` positional arguments returning a tensor or a nest of
-            tensors (or ``(out, aux)`` with ``has_aux``).
-        primals: A tuple (or list) with the point at which to evaluate, one entry per argument;
-            entries may be numbers, arrays, tensors, variables or nests of them.
-        tangents: The direction: same structure, shapes and dtypes as ``primals`` (Python numbers
-            and arrays are converted to the primal's dtype).
-        has_aux: If True, ``fn`` returns ``(out, aux)``; ``aux`` is returned untouched.
-
-    Returns:
-        ``(out, tangent_out)``, or ``(out, tangent_out, aux)`` with ``has_aux``: ``fn(*primals)``
-        and J·tangents, with the structure, shapes and dtypes of ``out``. Outputs that do not
-        depend on the primals get zero tangents. Where TensorFlow cannot run ``fn`` in forward
-        mode (``tf.map_fn`` inside a ``tf.function``), the same product is computed in reverse
-        mode (the gradient of a vector-Jacobian product).
-
-    Raises:
-        TypeError: If ``fn`` is not callable, ``primals``/``tangents`` are not tuples, a primal is
-            not floating point, or a tangent's dtype differs from its primal's.
-        ValueError: If ``tangents`` do not match ``primals`` in length, structure or shape, or
-            ``fn`` does not return a pair with ``has_aux``.
-        DisconnectedGradientError: If an output is computed from a primal along a path that
-            TensorFlow cannot differentiate (NumPy, an op without that gradient, an assignment).
-
-    Example:
-        >>> import tensorflow as tf, tapekit
-        >>> out, t = tapekit.jvp(lambda x: x**2, (3.0,), (1.0,))
-        >>> float(out), float(t)
-        (9.0, 6.0)
-    """
-    _args.check_callable(fn, "jvp")
-    primals = _check_primals(primals, "jvp")
-    tangents = _check_primals(tangents, "jvp", "tangents")
-    if len(primals) != len(tangents):
-        raise ValueError(
-            f"jvp needs one tangent per primal, but received {len(primals)} primals and "
-            f"{len(tangents)} tangents."
-        )
-    wheres = [f"primal {i}" for i in range(len(primals))]
-    call_args, watch, structs = _args.prepare_all(primals, wheres, "jvp")
-    tans: list[tf.Tensor] = []
-    start = 0
-    for i, ((value, n), t) in enumerate(zip(structs, tangents)):
-        flat_t = _flatten_like(t, value, f"tangent {i}", "jvp")
-        for j, (w, ft) in enumerate(zip(watch[start : start + n], flat_t)):
-            where = f"tangent {i}" if n == 1 else f"tangent {i} (leaf {j})"
-            tans.append(_match_dtype_shape(ft, w, where, "jvp"))
-        start += n
-
-    def split(out: Any) -> tuple[Any, Any]:
-        if has_aux:
-            out, aux = _tensors.split_aux(out, fn, "jvp")
-        else:
-            aux = None
-        return tf.nest.map_structure(lambda o: _args.as_output_tensor(o, fn, "jvp"), out), aux
-
-    def forward() -> tuple[Any, list[Any], Any]:
-        with tf.autodiff.ForwardAccumulator(watch, tans) as acc:
-            out, aux = split(fn(*call_args))
-        return out, [acc.jvp(o, unconnected_gradients=_NONE) for o in tf.nest.flatten(out)], aux
-
-    def reverse() -> tuple[Any, list[Any], Any]:  # d/du <vjp(u), t>: J·t by two reverse passes
-        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as inner:
-            inner.watch(watch)
-            out, aux = split(fn(*call_args))
-        flat_out = tf.nest.flatten(out)
-        us = [tf.zeros_like(o) for o in flat_out]
-        with tf.GradientTape(watch_accessed_variables=False) as outer:
-            outer.watch(us)
-            gs = inner.gradient(flat_out, watch, output_gradients=us, unconnected_gradients=_ZERO)
-            gs = [_tensors.dense(g) for g in gs]
-        flat_t = outer.gradient(gs, us, output_gradients=tans, unconnected_gradients=_NONE)
-        return out, flat_t, aux
-
-    out, flat_t, aux = _vectorize.forward_or_reverse(forward, reverse)
-    flat_out = tf.nest.flatten(out)
-    positions = list(range(len(primals)))
-    call = _compile.Call(call_args, {}, positions, watch, structs)
-    retrace = _missing.retrace(fn, call, lambda o: tf.nest.flatten(split(o)[0]))
-    names = lambda: _missing.labels(fn, positions, structs, wheres)  # noqa: E731
-    _missing.check(flat_out, watch, "jvp", names, retrace)  # forward mode gives zeros for a cut
-    flat_t = [tf.zeros_like(o) if t is None else t for t, o in zip(flat_t, flat_out)]
-    tangent_out = tf.nest.pack_sequence_as(out, flat_t)
-    return (out, tangent_out, aux) if has_aux else (out, tangent_out)
-
-
-def vjp(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
-    """Evaluate ``fn`` and return a function for its vector-Jacobian products (reverse mode).
-
-    Args:
-        fn: A function of ``len(primals)`` positional arguments returning a tensor or a nest of
-            tensors (or ``(out, aux)`` with ``has_aux``).
-        *primals: The point at which to evaluate: numbers, arrays, tensors, variables or nests.
-        has_aux: If True, ``fn`` returns ``(out, aux)``; ``aux`` is returned untouched.
-
-    Returns:
-        ``(out, vjp_fn)``, or ``(out, vjp_fn, aux)`` with ``has_aux``. ``vjp_fn(cotangent)``
-        takes a cotangent with ``out``'s structure and shapes (numbers are converted to
-        ``out``'s dtype) and returns a tuple with one gradient per primal, each shaped like its
-        primal (zeros for a primal ``out`` does not use). ``vjp_fn`` may be called many times;
-        the recording is released when ``vjp_fn`` is garbage collected.
-
-    Raises:
-        TypeError: If ``fn`` is not callable or a primal or output is not floating point.
-        ValueError: If a cotangent does not match ``out``'s structure or shape.
-        DisconnectedGradientError: (from ``vjp_fn``) if ``out`` is computed from a primal along
-            a path TensorFlow cannot differentiate (NumPy, an op without that gradient, an
-            assignment).
-
-    Example:
-        >>> import tensorflow as tf, tapekit
-        >>> out, vjp_fn = tapekit.vjp(lambda x, y: x * y, 3.0, 4.0)
-        >>> [float(g) for g in vjp_fn(1.0)]
-        [4.0, 3.0]
-    """
-    _args.check_callable(fn, "vjp")
-    wheres = [f"primal {i}" for i in range(len(primals))]
-    call_args, sources, structs = _args.prepare_all(primals, wheres, "vjp")
-    tape = tf.GradientTape(persistent=True, watch_accessed_variables=False)
-    with tape:
-        tape.watch(sources)
-        out = fn(*call_args)
-    aux = None
-    if has_aux:
-        out, aux = _tensors.split_aux(out, fn, "vjp")
-    out = tf.nest.map_structure(lambda o: _args.as_output_tensor(o, fn, "vjp"), out)
-    flat_out = tf.nest.flatten(out)
-    positions = list(range(len(primals)))
-    call = _compile.Call(call_args, {}, positions, sources, structs)
-
-    def select(o: Any) -> list[tf.Tensor]:
-        o = _tensors.split_aux(o, fn, "vjp")[0] if has_aux else o
-        return [_args.as_output_tensor(t, fn, "vjp") for t in tf.nest.flatten(o)]
-
-    names = lambda: _missing.labels(fn, positions, structs, wheres)  # noqa: E731
-    _missing.check(flat_out, sources, "vjp", names, _missing.retrace(fn, call, select))
-
-    def vjp_fn(cotangent: Any) -> tuple[Any, ...]:
-        flat_c = _flatten_like(cotangent, out, "the cotangent", "vjp")
-        cots = [
-            _match_dtype_shape(
-                c, o, "the cotangent" if len(flat_out) == 1 else f"cotangent {j}", "vjp"
-            )
-            for j, (c, o) in enumerate(zip(flat_c, flat_out))
-        ]
-        flat = tape.gradient(flat_out, sources, output_gradients=cots, unconnected_gradients=_NONE)
-        flat = [
-            _tensors.zeros_like_source(s) if g is None else _tensors.dense(g)
-            for g, s in zip(flat, sources)
-        ]
-        return tuple(_args.unflatten(flat, structs))
-
-    vjp_fn.__name__ = vjp_fn.__qualname__ = f"vjp_of_{_args.fn_name(fn)}"
-    return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +30,7 @@ def _jacobian_core(
 ) -> Callable:
     transform = "batch_jacobian" if batch else "jacobian"
 
-    def core(user_fn: Callable, call: _compile.Call) -> Any:
+    def core(user_fn: Callable, call: _calls.Call) -> Any:
         fn, plain_aux = _tensors.aux_splitter(user_fn, has_aux, transform)
 
         def outputs(out: Any) -> list[tf.Tensor]:
@@ -292,7 +67,7 @@ def _jacobian_core(
                     result = fn(*call.args, **call.kwargs)
                 seen.append(result)
                 jvps = [acc.jvp(o, unconnected_gradients=_ZERO) for o in outputs(result)]
-                return [_vectorize.dense(t) for t in jvps]
+                return [_tensors.dense(t) for t in jvps]
 
             if _vectorize.size(call.sources, batch) == 0:
                 seen.append(fn(*call.args, **call.kwargs))
@@ -328,7 +103,7 @@ def _jacobian_core(
 
 
 def _batch_convention(
-    fn: Callable, call: _compile.Call, outputs: Callable, blocks: list, reverse: Callable
+    fn: Callable, call: _calls.Call, outputs: Callable, blocks: list, reverse: Callable
 ) -> list:
     """Forward-mode ``blocks`` of a batch Jacobian, or the reverse-mode ones if examples interact.
 
@@ -378,20 +153,19 @@ def _make(
     options = (nums, single, mode, chunk_size, has_aux)
 
     def jacobian_fn(*args: Any, **kwargs: Any) -> Any:
-        call = _compile.make_call(fn, args, kwargs, nums, transform)
+        call = _calls.make_call(fn, args, kwargs, nums, transform)
         return _compile.run(
             fn, transform, options, core, call, compile=compile, jit_compile=jit_compile
         )
 
     label = "_".join(str(a) for a in nums)
-    jacobian_fn.__name__ = jacobian_fn.__qualname__ = (
-        f"{transform}_of_{_args.fn_name(fn)}_wrt_{label}"
-    )
-    jacobian_fn.__doc__ = (
+    _args.finish(
+        jacobian_fn,
+        fn,
+        f"{transform}_of_{_args.fn_name(fn)}_wrt_{label}",
         f"{'Batched ' if batch else ''}Jacobian of `{_args.fn_name(fn)}` w.r.t. argument(s) "
-        f"{nums}; see tapekit.{transform}."
+        f"{nums}; see tapekit.{transform}.",
     )
-    jacobian_fn.__wrapped__ = fn
     return _compile.no_autograph(jacobian_fn)
 
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import tensorflow as tf
 
-from . import _args, _compile, _diagnose, _nested, _vectorize
+from . import _args, _compile, _nested, _tensors
 from ._args import Nest
 from .errors import describe_received
 
 __all__ = ["Tape"]
 
-_ZERO = tf.UnconnectedGradients.ZERO
+_ZERO = _tensors.ZERO
 _UNCONNECTED = ("raise", "zero", "none")
 
 
@@ -34,7 +34,7 @@ def _leaves(value: Nest, what: str, name: str) -> tuple[list[Any], list[str]]:
         f"{name}{p}" if p else f"the {name[:-1] if name.endswith('s') else name}" for p in paths
     ]
     for leaf, label in zip(flat, labels):
-        if not isinstance(_diagnose.tf_value(leaf), (tf.Tensor, tf.Variable)):
+        if not isinstance(_tensors.tf_value(leaf), (tf.Tensor, tf.Variable)):
             raise TypeError(
                 f"{what} takes tensors or variables (or dicts/lists/tuples of them), but {label} "
                 f"is {describe_received(leaf)}. Convert it first, e.g. x = tf.constant(x), and "
@@ -153,7 +153,7 @@ class Tape:
         stack = self._live("watch")
         flat, _ = _leaves(value, "Tape.watch", "value")
         for leaf in flat:
-            stack.watch(_diagnose.tf_value(leaf))
+            stack.watch(_tensors.tf_value(leaf))
 
     def watched_variables(self) -> tuple[tf.Variable, ...]:
         """The variables the tape watched (read inside the block, or passed to :meth:`watch`).
@@ -339,59 +339,11 @@ class Tape:
     ) -> Nest:
         stack = self._live(name)
         mode = self._check_unconnected(unconnected, name)
-        if chunk is not None and (
-            not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1
-        ):
-            raise ValueError(f"Tape.{name} needs chunk_size None or an int >= 1, got {chunk!r}.")
+        _tensors.check_chunk_size(chunk, f"Tape.{name}")
         flat, labels = _leaves(sources, f"Tape.{name}", "sources")
         t_flat, t_labels = _leaves(target, f"Tape.{name}", "target")
-        src = [_diagnose.tf_value(s) for s in flat]
-        targets = [_diagnose.tf_value(t) for t in t_flat]
-        if batch and not _vectorize.same_batch(targets + src):
-            raise ValueError(
-                f"Tape.batch_jacobian needs the target(s) and source(s) to share one leading "
-                f"(batch) dimension, but their shapes are "
-                f"{[tuple(v.shape) for v in targets + src]}. Use Tape.jacobian instead."
-            )
-        first = "raise" if mode == "raise" else "none"  # missing blocks are filled in below
-        connected = []  # per target leaf: which sources it depends on (each block on its own)
-        for t, t_label in zip(t_flat, t_labels):
-            method = f"Tape.{name}" if len(t_flat) == 1 else f"Tape.{name} of {t_label}"
-            grads = stack.first_order(method, t, flat, labels, first, None, ())
-            connected.append([g is not None for g in grads])
-        live = [j for j in range(len(src)) if any(c[j] for c in connected)]
-        inner = stack.tapes[-1]
-
-        def vjp(cotangents: list[tf.Tensor]) -> list[Any]:
-            return inner.gradient(
-                targets,
-                [src[j] for j in live],
-                output_gradients=cotangents,
-                unconnected_gradients=_ZERO,
-            )
-
-        with stack.recording(()):
-            blocks = (
-                _vectorize.reverse(
-                    vjp,
-                    targets,
-                    [src[j] for j in live],
-                    batch=batch,
-                    chunk_size=chunk,
-                    what=f"Tape.{name}",
-                )
-                if live
-                else [[] for _ in targets]
-            )
-            rows = []
-            for t, row, links in zip(targets, blocks, connected):
-                full: list[Any] = [None] * len(src)
-                for j, b in zip(live, row):
-                    full[j] = b if links[j] else None
-                for j in range(len(src)):
-                    if full[j] is None and mode == "zero":
-                        full[j] = _nested.zeros(t, src[j], skip=1 if batch else 0)
-                rows.append(tf.nest.pack_sequence_as(sources, full))
+        rows = stack.jacobian(name, t_flat, t_labels, flat, labels, mode, chunk, batch)
+        rows = [tf.nest.pack_sequence_as(sources, row) for row in rows]
         self._after_use()
         return tf.nest.pack_sequence_as(target, rows)
 
