@@ -13,7 +13,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from . import _args, _compile, _mapping
+from . import _args, _compile, _mapping, _norms
 from ._args import fn_name
 from ._mapping import Axes
 from .errors import describe_received
@@ -175,14 +175,16 @@ def _per_example(
         sources = call.extra  # the tf.Variables, passed as arguments of the compiled function
 
         def example(*args: Any, **kwargs: Any) -> Any:
+            graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+            start = len(graph.get_operations()) if graph is not None else 0
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(sources)
                 loss = _example_loss(loss_fn, args, kwargs, transform)
+            if norms:  # dense layers without their per-example gradient matrices
+                new_ops = graph.get_operations()[start:] if graph is not None else []
+                return _norms.example_norm(tape, loss, sources, new_ops)
             grads = tape.gradient(loss, sources, unconnected_gradients=_ZERO)
-            grads = [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices from tf.gather
-            if norms:  # reduced per example: only chunk_size gradients exist at a time
-                return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]))
-            return grads
+            return [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices from tf.gather
 
         out = _mapping.map_call(
             per_example_loss,
@@ -273,8 +275,11 @@ def per_example_grad_norms(
 
     As :func:`per_example_grads`, but each example's gradient is reduced to its global norm
     (over all variables) inside the vectorized loop, so the function returns ``(batch,)``
-    numbers instead of ``batch`` copies of the parameters; with ``chunk_size`` at most that
-    many gradients exist at any time. Used to find mislabelled examples or to clip per example.
+    numbers instead of ``batch`` copies of the parameters. For a dense layer's kernel and bias
+    (a variable used once, in a matrix product or a bias add) the per-example gradient is
+    never formed: its norm is ``|x|·|∂loss/∂z|`` from the layer's input ``x`` and output
+    ``z``. Other variables get their gradients formed (with ``chunk_size``, at most that many
+    examples at a time). Used to find mislabelled examples or to clip per example.
 
     Args:
         per_example_loss: ``per_example_loss(*batch) -> losses`` of shape ``(batch,)``.

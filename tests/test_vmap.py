@@ -340,3 +340,39 @@ def test_per_example_grads_errors():
         tapekit.per_example_grads(lambda x: x, keras.Sequential([keras.layers.Dense(2)]))
     with pytest.raises(ValueError, match=r"one loss per example.*shape \(1, 2\).*reduction=None"):
         tapekit.per_example_grads(lambda x: x * v, [v])(tf.ones([3, 2]))
+
+
+def test_grad_norms_take_the_dense_shortcut_and_equal_the_formed_gradients(rng):
+    """Dense kernels/biases: norms from |x|·|dL/dz| (no per-example matrix); other variables
+    (used twice, or not at all) get their gradients formed; both routes agree with the loop."""
+    from tapekit import _norms
+
+    model, loss = _model_and_loss()
+    shared = tf.Variable(rng.normal(size=(3, 3)).astype(np.float32))
+    unused = tf.Variable(1.0)
+
+    def loss2(x, y):  # `shared` is used twice: no shortcut for it
+        logits = model(x) @ shared @ shared
+        return keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+
+    variables = [*model.trainable_variables, shared, unused]
+    x = rng.normal(size=(6, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=6)
+    norms = tapekit.per_example_grad_norms(loss2, variables)(x, y)
+    grads = tapekit.per_example_grads(loss2, variables)(x, y)
+    want = np.sqrt(sum(np.sum(g.numpy().reshape(6, -1) ** 2, 1) for g in grads))
+    np.testing.assert_allclose(norms, want, rtol=1e-5)
+
+    @tf.function
+    def recognized(x, y):
+        graph = tf.compat.v1.get_default_graph()
+        start = len(graph.get_operations())
+        loss2(x[:1], y[:1])  # the ops of one example, as the vectorized loop sees them
+        uses = _norms._uses(graph.get_operations()[start:], [_v(v) for v in variables])
+        return [_norms._shortcut(u, _v(v)) is not None for u, v in zip(uses, variables)]
+
+    assert recognized(x, y) == [True, True, True, True, False, False]
+
+
+def _v(v):
+    return getattr(v, "value", v) if not isinstance(v, tf.Variable) else v
