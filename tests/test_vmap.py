@@ -376,3 +376,16 @@ def test_grad_norms_take_the_dense_shortcut_and_equal_the_formed_gradients(rng):
 
 def _v(v):
     return getattr(v, "value", v) if not isinstance(v, tf.Variable) else v
+
+
+def test_functions_run_eagerly_gives_the_same_results_and_errors():
+    tf.config.run_functions_eagerly(True)
+    try:
+        f = tapekit.vmap(lambda a, c: (a * c, c + 1.0), in_axes=(0, None), out_axes=(0, None))
+        mapped, const = f(tf.constant([1.0, 2.0]), tf.constant(2.0))
+        np.testing.assert_allclose(mapped, [2.0, 4.0])
+        assert float(const) == 3.0
+        with pytest.raises(ValueError, match=r"out_axes=None.*depends on a mapped input"):
+            tapekit.vmap(lambda a: a * 2, out_axes=None)(tf.ones([3]))
+    finally:
+        tf.config.run_functions_eagerly(False)
