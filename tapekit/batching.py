@@ -8,6 +8,7 @@ function, options and input signature like the other vectorized transforms; insi
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from .errors import describe_received
 __all__ = ["per_example_grad_norms", "per_example_grads", "vmap"]
 
 _ZERO = tf.UnconnectedGradients.ZERO
+_INSTANCES = itertools.count()  # a unique cache key per per_example_grads function
 
 
 def vmap(
@@ -67,9 +69,8 @@ def vmap(
         ValueError: If ``chunk_size``/``fallback`` are invalid (at build time); at call time if
             the mapped axes differ in size, an axis is out of range (also ``out_axes`` on a
             scalar output), the ``in_axes``/``out_axes`` nest does not match the arguments or
-            outputs, no argument is mapped, or (``fallback="error"``) an op cannot be
-            vectorized. ``tf.errors.InvalidArgumentError`` if an output with ``out_axes=None``
-            differs between examples.
+            outputs, no argument is mapped, an output with ``out_axes=None`` depends on a
+            mapped input, or (``fallback="error"``) an op cannot be vectorized.
 
     Example:
         >>> import tensorflow as tf, tapekit
@@ -93,6 +94,10 @@ def vmap(
     options = (repr(in_axes), repr(out_axes), chunk_size, fallback)
 
     def vmap_fn(*args: Any, **kwargs: Any) -> Any:
+        # Variables are passed as their values: as an argument of the compiled function a
+        # variable would be aliased with the same variable read from fn's closure, and a later
+        # call with another variable of that shape would be read in its place.
+        args, kwargs = tf.nest.map_structure(_value_of_variable, (args, kwargs))
         call = _compile.make_call(fn, args, kwargs, (), "vmap")
         return _compile.run(fn, "vmap", options, core, call, compile=True, jit_compile=False)
 
@@ -103,6 +108,10 @@ def vmap(
 
 
 _compile.no_autograph(vmap)
+
+
+def _value_of_variable(leaf: Any) -> Any:
+    return leaf if _compile._variable(leaf) is None else tf.convert_to_tensor(leaf)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +181,11 @@ def _per_example(
     what = f"{transform}({fn_name(per_example_loss)})"
 
     def core(loss_fn: Callable, call: _compile.Call) -> Any:
-        sources = call.extra  # the tf.Variables, passed as arguments of the compiled function
+        # The variables are captured by reference, not passed as arguments of the compiled
+        # function: tf.function would alias an argument with the same variable read from
+        # loss_fn's closure, and a later call with other variables of the same shapes would
+        # read those in its place. So each per_example_grads function has its own cache entry.
+        sources = flat_vars
 
         def example(*args: Any, **kwargs: Any) -> Any:
             graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
@@ -200,10 +213,10 @@ def _per_example(
         )
         return out if norms else tf.nest.pack_sequence_as(structure, out)
 
-    options = (repr(in_axes), chunk_size, fallback, repr(structure))
+    options = (repr(in_axes), chunk_size, fallback, next(_INSTANCES))
 
     def per_example_fn(*batch: Any, **kwargs: Any) -> Any:
-        call = _compile.Call(list(batch), dict(kwargs), [], [], [], list(flat_vars))
+        call = _compile.Call(list(batch), dict(kwargs), [], [], [], [])
         return _compile.run(
             per_example_loss, transform, options, core, call, compile=True, jit_compile=False
         )

@@ -389,3 +389,31 @@ def test_functions_run_eagerly_gives_the_same_results_and_errors():
             tapekit.vmap(lambda a: a * 2, out_axes=None)(tf.ones([3]))
     finally:
         tf.config.run_functions_eagerly(False)
+
+
+def test_per_example_grads_of_one_loss_for_two_variable_sets_of_the_same_shape():
+    """The loss reads both variables from its closure; each function differentiates its own."""
+    v1 = tf.Variable([1.0, 2.0])
+    v2 = tf.Variable([3.0, 5.0])
+
+    def loss(x):
+        return tf.reduce_sum(x, axis=1) * v1[0] + tf.reduce_sum(x * v2, axis=1)
+
+    x = tf.constant([[1.0, 2.0], [3.0, 4.0]])
+    g1 = tapekit.per_example_grads(loss, [v1])(x)[0]
+    g2 = tapekit.per_example_grads(loss, [v2])(x)[0]
+    np.testing.assert_allclose(g1, [[3.0, 0.0], [7.0, 0.0]])
+    np.testing.assert_allclose(g2, x)
+    np.testing.assert_allclose(tapekit.per_example_grads(loss, [v1])(x)[0], g1)
+
+
+def test_variables_passed_as_arguments_are_read_at_each_call():
+    """One variable in fn's closure, another of the same shape as the argument."""
+    v1 = tf.Variable([1.0, 2.0])
+    v2 = tf.Variable([3.0, 5.0])
+    f = tapekit.vmap(lambda a, v: a * v + v1, in_axes=(0, None))
+    x = tf.ones([2, 2])
+    np.testing.assert_allclose(f(x, v1), [[2.0, 4.0]] * 2)
+    np.testing.assert_allclose(f(x, v2), [[4.0, 7.0]] * 2)
+    g = tapekit.vmap(tapekit.grad(lambda v, a: tf.reduce_sum(v**2 * a)), in_axes=(None, 0))
+    np.testing.assert_allclose(g(v2, x), [[6.0, 10.0]] * 2)
