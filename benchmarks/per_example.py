@@ -7,6 +7,7 @@ ratios use them):
 
     vmap(grad)           tapekit.vmap(tapekit.grad(loss), in_axes=(None, 0, 0))(params, x, y)
     per_example_grads    tapekit.per_example_grads(per_example_loss, model)(x, y), Keras model
+    ..._grad_norms       tapekit.per_example_grad_norms: only each example's gradient norm
     tf.vectorized_map    a bare tf.vectorized_map over a GradientTape, in one tf.function
     loop of grad         128 calls of tf.function(tapekit.grad(loss)), one example each
     jax.jit(vmap(grad))  jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))   (if installed)
@@ -89,6 +90,8 @@ def candidates(params_np: dict, x_np: np.ndarray, y_np: np.ndarray) -> dict[str,
         return {k: g.numpy() for k, g in zip(order, pe_keras(x, y))}
 
     calls["per_example_grads"] = keras_call
+    norms = tapekit.per_example_grad_norms(lambda xb, yb: ce(yb, model(xb)), model)
+    calls["per_example_grad_norms"] = lambda: {"norm": norms(x, y).numpy()}
 
     @tf.function
     def bare(params: dict, x: tf.Tensor, y: tf.Tensor) -> dict:
@@ -143,11 +146,14 @@ def main() -> None:
     y = rng.integers(0, SIZES[-1], size=args.batch).astype(np.int32)
     calls = candidates(params, x, y)
     reference = calls["loop of grad"]()
+    reference["norm"] = np.sqrt(
+        sum(np.sum(g.reshape(args.batch, -1) ** 2, 1) for g in reference.values())
+    )
     for name, call in calls.items():
         got = call()  # warm-up: traces, compiles
         err = max(
             float(np.max(np.abs(got[k] - reference[k])) / (np.max(np.abs(reference[k])) + 1e-12))
-            for k in reference
+            for k in got
         )
         assert err < 1e-4, f"{name} differs from the loop by {err:.1e} (relative)"
     times: dict[str, list[float]] = {name: [] for name in calls}

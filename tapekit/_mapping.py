@@ -29,6 +29,7 @@ Axes = Any
 """An int, ``None``, or a (nested) tuple / list / dict of them: a prefix of the values' nest."""
 
 _FALLBACKS = ("warn", "error")
+_EAGER = tf.__internal__.EagerTensor  # importing must not start TF's runtime
 _warned: set[tuple[str, str]] = set()
 
 
@@ -340,7 +341,7 @@ def _unmapped(t: tf.Tensor, loop_out: tf.Tensor, index: tf.Tensor, where: str) -
 
 def _depends_on(t: tf.Tensor, index: tf.Tensor) -> bool:
     """Whether graph tensor ``t`` is computed from ``index`` (pfor's loop variable)."""
-    if not hasattr(t, "op") or tf.executing_eagerly():
+    if isinstance(t, _EAGER):  # a value, not a graph tensor: nothing to trace back
         return False
     seen, todo = set(), [t.op]
     while todo:

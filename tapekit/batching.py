@@ -8,12 +8,13 @@ function, options and input signature like the other vectorized transforms; insi
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
 
-from . import _args, _compile, _mapping
+from . import _args, _compile, _mapping, _norms
 from ._args import fn_name
 from ._mapping import Axes
 from .errors import describe_received
@@ -21,6 +22,7 @@ from .errors import describe_received
 __all__ = ["per_example_grad_norms", "per_example_grads", "vmap"]
 
 _ZERO = tf.UnconnectedGradients.ZERO
+_INSTANCES = itertools.count()  # a unique cache key per per_example_grads function
 
 
 def vmap(
@@ -67,9 +69,8 @@ def vmap(
         ValueError: If ``chunk_size``/``fallback`` are invalid (at build time); at call time if
             the mapped axes differ in size, an axis is out of range (also ``out_axes`` on a
             scalar output), the ``in_axes``/``out_axes`` nest does not match the arguments or
-            outputs, no argument is mapped, or (``fallback="error"``) an op cannot be
-            vectorized. ``tf.errors.InvalidArgumentError`` if an output with ``out_axes=None``
-            differs between examples.
+            outputs, no argument is mapped, an output with ``out_axes=None`` depends on a
+            mapped input, or (``fallback="error"``) an op cannot be vectorized.
 
     Example:
         >>> import tensorflow as tf, tapekit
@@ -93,6 +94,10 @@ def vmap(
     options = (repr(in_axes), repr(out_axes), chunk_size, fallback)
 
     def vmap_fn(*args: Any, **kwargs: Any) -> Any:
+        # Variables are passed as their values: as an argument of the compiled function a
+        # variable would be aliased with the same variable read from fn's closure, and a later
+        # call with another variable of that shape would be read in its place.
+        args, kwargs = tf.nest.map_structure(_value_of_variable, (args, kwargs))
         call = _compile.make_call(fn, args, kwargs, (), "vmap")
         return _compile.run(fn, "vmap", options, core, call, compile=True, jit_compile=False)
 
@@ -103,6 +108,10 @@ def vmap(
 
 
 _compile.no_autograph(vmap)
+
+
+def _value_of_variable(leaf: Any) -> Any:
+    return leaf if _compile._variable(leaf) is None else tf.convert_to_tensor(leaf)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,17 +181,23 @@ def _per_example(
     what = f"{transform}({fn_name(per_example_loss)})"
 
     def core(loss_fn: Callable, call: _compile.Call) -> Any:
-        sources = call.extra  # the tf.Variables, passed as arguments of the compiled function
+        # The variables are captured by reference, not passed as arguments of the compiled
+        # function: tf.function would alias an argument with the same variable read from
+        # loss_fn's closure, and a later call with other variables of the same shapes would
+        # read those in its place. So each per_example_grads function has its own cache entry.
+        sources = flat_vars
 
         def example(*args: Any, **kwargs: Any) -> Any:
+            graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+            start = len(graph.get_operations()) if graph is not None else 0
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(sources)
                 loss = _example_loss(loss_fn, args, kwargs, transform)
+            if norms:  # dense layers without their per-example gradient matrices
+                new_ops = graph.get_operations()[start:] if graph is not None else []
+                return _norms.example_norm(tape, loss, sources, new_ops)
             grads = tape.gradient(loss, sources, unconnected_gradients=_ZERO)
-            grads = [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices from tf.gather
-            if norms:  # reduced per example: only chunk_size gradients exist at a time
-                return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]))
-            return grads
+            return [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices from tf.gather
 
         out = _mapping.map_call(
             per_example_loss,
@@ -198,10 +213,10 @@ def _per_example(
         )
         return out if norms else tf.nest.pack_sequence_as(structure, out)
 
-    options = (repr(in_axes), chunk_size, fallback, repr(structure))
+    options = (repr(in_axes), chunk_size, fallback, next(_INSTANCES))
 
     def per_example_fn(*batch: Any, **kwargs: Any) -> Any:
-        call = _compile.Call(list(batch), dict(kwargs), [], [], [], list(flat_vars))
+        call = _compile.Call(list(batch), dict(kwargs), [], [], [], [])
         return _compile.run(
             per_example_loss, transform, options, core, call, compile=True, jit_compile=False
         )
@@ -273,8 +288,11 @@ def per_example_grad_norms(
 
     As :func:`per_example_grads`, but each example's gradient is reduced to its global norm
     (over all variables) inside the vectorized loop, so the function returns ``(batch,)``
-    numbers instead of ``batch`` copies of the parameters; with ``chunk_size`` at most that
-    many gradients exist at any time. Used to find mislabelled examples or to clip per example.
+    numbers instead of ``batch`` copies of the parameters. For a dense layer's kernel and bias
+    (a variable used once, in a matrix product or a bias add) the per-example gradient is
+    never formed: its norm is ``|x|·|∂loss/∂z|`` from the layer's input ``x`` and output
+    ``z``. Other variables get their gradients formed (with ``chunk_size``, at most that many
+    examples at a time). Used to find mislabelled examples or to clip per example.
 
     Args:
         per_example_loss: ``per_example_loss(*batch) -> losses`` of shape ``(batch,)``.

@@ -340,3 +340,80 @@ def test_per_example_grads_errors():
         tapekit.per_example_grads(lambda x: x, keras.Sequential([keras.layers.Dense(2)]))
     with pytest.raises(ValueError, match=r"one loss per example.*shape \(1, 2\).*reduction=None"):
         tapekit.per_example_grads(lambda x: x * v, [v])(tf.ones([3, 2]))
+
+
+def test_grad_norms_take_the_dense_shortcut_and_equal_the_formed_gradients(rng):
+    """Dense kernels/biases: norms from |x|·|dL/dz| (no per-example matrix); other variables
+    (used twice, or not at all) get their gradients formed; both routes agree with the loop."""
+    from tapekit import _norms
+
+    model, loss = _model_and_loss()
+    shared = tf.Variable(rng.normal(size=(3, 3)).astype(np.float32))
+    unused = tf.Variable(1.0)
+
+    def loss2(x, y):  # `shared` is used twice: no shortcut for it
+        logits = model(x) @ shared @ shared
+        return keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+
+    variables = [*model.trainable_variables, shared, unused]
+    x = rng.normal(size=(6, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=6)
+    norms = tapekit.per_example_grad_norms(loss2, variables)(x, y)
+    grads = tapekit.per_example_grads(loss2, variables)(x, y)
+    want = np.sqrt(sum(np.sum(g.numpy().reshape(6, -1) ** 2, 1) for g in grads))
+    np.testing.assert_allclose(norms, want, rtol=1e-5)
+
+    @tf.function
+    def recognized(x, y):
+        graph = tf.compat.v1.get_default_graph()
+        start = len(graph.get_operations())
+        loss2(x[:1], y[:1])  # the ops of one example, as the vectorized loop sees them
+        uses = _norms._uses(graph.get_operations()[start:], [_v(v) for v in variables])
+        return [_norms._shortcut(u, _v(v)) is not None for u, v in zip(uses, variables)]
+
+    assert recognized(x, y) == [True, True, True, True, False, False]
+
+
+def _v(v):
+    return getattr(v, "value", v) if not isinstance(v, tf.Variable) else v
+
+
+def test_functions_run_eagerly_gives_the_same_results_and_errors():
+    tf.config.run_functions_eagerly(True)
+    try:
+        f = tapekit.vmap(lambda a, c: (a * c, c + 1.0), in_axes=(0, None), out_axes=(0, None))
+        mapped, const = f(tf.constant([1.0, 2.0]), tf.constant(2.0))
+        np.testing.assert_allclose(mapped, [2.0, 4.0])
+        assert float(const) == 3.0
+        with pytest.raises(ValueError, match=r"out_axes=None.*depends on a mapped input"):
+            tapekit.vmap(lambda a: a * 2, out_axes=None)(tf.ones([3]))
+    finally:
+        tf.config.run_functions_eagerly(False)
+
+
+def test_per_example_grads_of_one_loss_for_two_variable_sets_of_the_same_shape():
+    """The loss reads both variables from its closure; each function differentiates its own."""
+    v1 = tf.Variable([1.0, 2.0])
+    v2 = tf.Variable([3.0, 5.0])
+
+    def loss(x):
+        return tf.reduce_sum(x, axis=1) * v1[0] + tf.reduce_sum(x * v2, axis=1)
+
+    x = tf.constant([[1.0, 2.0], [3.0, 4.0]])
+    g1 = tapekit.per_example_grads(loss, [v1])(x)[0]
+    g2 = tapekit.per_example_grads(loss, [v2])(x)[0]
+    np.testing.assert_allclose(g1, [[3.0, 0.0], [7.0, 0.0]])
+    np.testing.assert_allclose(g2, x)
+    np.testing.assert_allclose(tapekit.per_example_grads(loss, [v1])(x)[0], g1)
+
+
+def test_variables_passed_as_arguments_are_read_at_each_call():
+    """One variable in fn's closure, another of the same shape as the argument."""
+    v1 = tf.Variable([1.0, 2.0])
+    v2 = tf.Variable([3.0, 5.0])
+    f = tapekit.vmap(lambda a, v: a * v + v1, in_axes=(0, None))
+    x = tf.ones([2, 2])
+    np.testing.assert_allclose(f(x, v1), [[2.0, 4.0]] * 2)
+    np.testing.assert_allclose(f(x, v2), [[4.0, 7.0]] * 2)
+    g = tapekit.vmap(tapekit.grad(lambda v, a: tf.reduce_sum(v**2 * a)), in_axes=(None, 0))
+    np.testing.assert_allclose(g(v2, x), [[6.0, 10.0]] * 2)
