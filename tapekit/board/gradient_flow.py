@@ -3,9 +3,9 @@
 Two TensorBoard views, written with ``tf.summary`` and NumPy only (no plotting library):
 
 * :func:`heatmap_image`: a layers × steps heat map of gradient norms (log scale, one row per
-  variable, one column per logged step, dark = small, bright = large), for an image summary. A
-  vanishing gradient is a dark band at the bottom rows (the first layers), an exploding one a
-  bright band that widens over time.
+  variable in model order, one column per logged step, dark = small, bright = large), for an
+  image summary. A vanishing gradient is a dark band in the top rows (the first layers), an
+  exploding one a bright band that widens over time.
 * :func:`write_layout`: a TensorBoard *custom scalars* layout that puts the per-layer curves
   (``gradient_norm/<variable>``, ``update_ratio/<variable>``) and the top Hessian eigenvalues
   on one chart each, in the "Custom Scalars" tab.

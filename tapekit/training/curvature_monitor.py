@@ -7,7 +7,8 @@ Every ``every`` steps, on one fixed batch and with the model in inference mode, 
 * ``curvature/trace`` (and its standard error), ``curvature/density`` (the eigenvalue
   spectrum as a histogram: eigenvalues per bucket), when asked for;
 * ``gradient_noise/b_simple`` (and its two parts), when asked for;
-* ``update_ratio/<variable path>``: ``|Δw| / |w|`` of the last optimizer step;
+* ``update_ratio/<variable path>``: ``|Δw| / |w|`` of the last optimizer step (with
+  ``steps_per_execution=n > 1`` set on the Trainer: of the last execution, divided by ``n``);
 * ``gradient_flow/heatmap``: the per-layer gradient norms of all monitored steps as one image,
   and once a custom-scalars layout grouping the per-layer curves (see
   :mod:`tapekit.board.gradient_flow`).
