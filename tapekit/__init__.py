@@ -24,6 +24,7 @@ _EXPORTS = {
     "EarlyStopping": ".training",
     "History": ".training",
     "NonFiniteError": ".errors",
+    "StepContext": ".training",
     "Tape": ".tape",
     "TapekitError": ".errors",
     "Trainer": ".training",
@@ -50,6 +51,7 @@ __all__ = [
     "EarlyStopping",
     "History",
     "NonFiniteError",
+    "StepContext",
     "Tape",
     "TapekitError",
     "Trainer",
@@ -75,7 +77,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .hessians import hessian, hvp
     from .jacobians import batch_jacobian, jacobian, jvp, vjp
     from .tape import Tape
-    from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
+    from .training import (
+        Callback,
+        CheckpointError,
+        EarlyStopping,
+        History,
+        StepContext,
+        Trainer,
+    )
     from .transforms import derivative, grad, partial, partials, value_and_grad
 
 

@@ -169,7 +169,7 @@ class FitLoop:
         state, steps = self.state, self.steps
         iterator = self._stream(ds, meta)
         per_call = self.steps_per_execution or (1 if callbacks.has_step_hooks else AUTO_STEPS)
-        train_fn = steps.train_function(per_call)
+        train_fn = steps.train_function()
         step = int(state.step.numpy())
         first_epoch, in_epoch = int(state.epoch.numpy()), int(state.epoch_step.numpy())
         base, start_step = int(state.position.numpy()), step  # batches = base + k * steps done

@@ -89,10 +89,13 @@ class CompiledSteps:
             fn = self._fns[key] = build()
         return fn
 
-    def train_function(self, per_call: int) -> Any:
-        """The compiled ``fn(iterator | None, num_steps)`` running ``num_steps`` steps."""
-        body = self._train_once if per_call == 1 else self._train_loop
-        return self._function(("train", per_call == 1), lambda: tf.function(body))
+    def train_function(self) -> Any:
+        """The compiled ``fn(iterator | None, num_steps)`` running ``num_steps`` steps.
+
+        One function (one graph) for every ``num_steps``, so results do not depend on how
+        the steps are grouped into calls (``steps_per_execution``, checkpoints, callbacks).
+        """
+        return self._function(("train",), lambda: tf.function(self._train_loop))
 
     def batch_function(self, spec: Any) -> Any:
         """The compiled ``fn(batch)`` for one user-driven step (``Trainer.step``)."""
@@ -229,13 +232,8 @@ class CompiledSteps:
     def _pull(self, iterator: Any) -> list[Any] | None:
         return None if iterator is None else [next(iterator) for _ in range(self.accumulate)]
 
-    def _train_once(self, iterator: Any, num_steps: tf.Tensor) -> None:
-        del num_steps  # always 1
-        with self.strategy.scope():  # cross-replica context: Keras must not all-reduce again
-            self._one_step(self._pull(iterator))
-
     def _train_loop(self, iterator: Any, num_steps: tf.Tensor) -> None:
-        with self.strategy.scope():
+        with self.strategy.scope():  # cross-replica context: Keras must not all-reduce again
             for _ in tf.range(num_steps):
                 self._one_step(self._pull(iterator))
 
