@@ -27,6 +27,7 @@ __all__ = [
     "leading_size",
     "relaxed_spec",
     "steps_per_epoch",
+    "validation_batch_size",
 ]
 
 
@@ -100,7 +101,7 @@ def as_dataset(
         )
     (n,) = sizes
     ds = tf.data.Dataset.from_tensor_slices(data)
-    if shuffle:
+    if shuffle and n > 0:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     return ds.batch(int(batch_size))
 
@@ -180,6 +181,20 @@ def steps_per_epoch(
             f"{batches}. Use a smaller batch_size or accumulate_steps."
         )
     return batches // accumulate
+
+
+def validation_batch_size(data: Any, requested: int | None, train: int | None) -> int | None:
+    """The batch size for validation ``data``: None for a Dataset, else ``requested`` or the
+    training batch size.
+
+    Example:
+        >>> validation_batch_size(np.zeros(4), None, 16), validation_batch_size(
+        ...     tf.data.Dataset.range(2), 8, 16)
+        (16, None)
+    """
+    if isinstance(data, tf.data.Dataset):
+        return None
+    return requested or train
 
 
 def relaxed_spec(spec: Any) -> Any:

@@ -159,14 +159,25 @@ class FitLoop:
         checkpoint_every: int | None,
         hook: Any,
         guard: Callable[..., Any],
-        optimizers: dict[str, Any],
         should_stop: Callable[[], bool],
-        metric_results: Callable[[], dict[str, float]],
-        reset_metrics: Callable[[], None],
     ) -> None:
-        """Train until ``epochs`` epochs are complete (see ``Trainer.fit``)."""
+        """Train until ``epochs`` epochs are complete (see ``Trainer.fit``).
+
+        Args:
+            plan: What :meth:`plan` returned for the data.
+            epochs: The epoch to stop after.
+            callbacks: A :class:`~tapekit.training.callbacks.CallbackList`.
+            validation: Returns the validation values at an epoch end (or None).
+            checkpoints: Has ``save(step)`` (or None: no checkpoints).
+            checkpoint_every: Steps between checkpoints (None: epoch ends only).
+            hook: The logging hook (``write_graph``, ``epoch_end``, ``flush``, ``close``).
+            guard: ``guard(fn, *args)`` calls a compiled function, translating its errors.
+            should_stop: Asked after every execution and epoch: stop now?
+        """
         ds, per_epoch, meta = plan
         state, steps = self.state, self.steps
+        optimizers = {name: u.optimizer for name, u in steps.updates.items()}
+        call = steps.call
         iterator = self._stream(ds, meta)
         per_call = self.steps_per_execution or (1 if callbacks.has_step_hooks else AUTO_STEPS)
         train_fn = steps.train_function()
@@ -189,7 +200,8 @@ class FitLoop:
                 callbacks.on_epoch_begin(epoch)
                 if in_epoch == 0:
                     steps.train_means.reset()
-                    reset_metrics()
+                    if call is not None:
+                        call.reset_metrics()
                 start, done, first, stopped = time.perf_counter(), 0, None, False
                 while in_epoch < per_epoch:
                     n = min(per_call, per_epoch - in_epoch)
@@ -217,7 +229,8 @@ class FitLoop:
                         save(in_epoch)
                     break
                 loop_end = time.perf_counter()
-                logs = {**steps.train_means.result(), **metric_results()}
+                logs = steps.train_means.result()
+                logs.update(call.metric_results() if call is not None else {})
                 val_logs = validation() if validation is not None else None
                 if val_logs is not None:
                     logs.update({f"val_{key}": v for key, v in val_logs.items()})

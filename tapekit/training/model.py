@@ -17,6 +17,7 @@ from .._args import leaf_paths
 from ..errors import describe_received
 
 __all__ = [
+    "all_variables",
     "build_model",
     "build_models",
     "check_in_scope",
@@ -130,6 +131,22 @@ def variable_names(model: Any, variables: list[Any]) -> list[str]:
         used.add(name)
         names.append(name)
     return names
+
+
+def all_variables(models: dict[str, Any]) -> list[Any]:
+    """Every variable (trainable and not) of each model, in model order.
+
+    Example:
+        >>> [v.name for v in all_variables({"a": [tf.Variable(1.0, name="w")]})]
+        ['w:0']
+    """
+    out: list[Any] = []
+    for m in models.values():
+        if isinstance(m, (keras.layers.Layer, tf.Module)):
+            out += list(m.variables)
+        else:
+            out += [v for v in tf.nest.flatten(m) if isinstance(v, tf.Variable)]
+    return out
 
 
 def tf_variable(v: Any) -> tf.Variable:

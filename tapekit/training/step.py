@@ -29,7 +29,7 @@ import tensorflow as tf
 from ..errors import NonFiniteError, describe_received
 from .calls import LossCall
 from .context import StepContext
-from .data import leading_size, relaxed_spec
+from .data import distribute, leading_size, relaxed_spec
 from .distribution import first_local
 from .state import Diagnostics, RunningMeans, TrainState
 from .update import NONFINITE_MARK, OptimizerUpdate
@@ -125,9 +125,13 @@ class CompiledSteps:
     # -- preparation -------------------------------------------------------------------------
 
     def prepare(self, element_spec: Any) -> None:
-        """Trace the step on ``element_spec`` (nothing runs) to check it; create the sums."""
+        """Build the optimizers; trace the step on ``element_spec`` (nothing runs) to check it;
+        create the sums."""
         if self.value_names is not None:
             return
+        with self.strategy.scope():
+            for u in self.updates.values():
+                u.optimizer.build(u.variables)
         found: dict[str, Any] = {}
 
         def probe(batches: Any) -> None:
@@ -252,6 +256,14 @@ class CompiledSteps:
             sums = {k: tf.where(n > 0, v, 0.0) for k, v in sums.items()}
             sums, n = tf.distribute.get_replica_context().all_reduce(_SUM, (sums, n))
         return sums, n
+
+    def evaluate(self, dataset: tf.data.Dataset, steps: int) -> dict[str, float]:
+        """Loss, extras and metrics over ``steps`` batches of ``dataset`` (means)."""
+        self.eval_means.reset()
+        self.call.reset_metrics()
+        iterator = iter(distribute(dataset, self.strategy))
+        self.eval_function()(iterator, tf.constant(steps, tf.int64))
+        return {**self.eval_means.result(), **self.call.metric_results()}
 
     def _eval_loop(self, iterator: Any, num_steps: tf.Tensor) -> None:
         with self.strategy.scope():

@@ -1,10 +1,7 @@
 """``Trainer``: a custom training loop with the features of ``keras.Model.fit``, compiled whole.
 
-This module wires the parts together: the models and optimizers (``model``), the step (the
-default ``loss_fn`` step in ``supervised`` or a user-written one, see ``context``), the
-compiled functions (``step``, ``update``), the outer loop (``loop``), checkpoints
-(``checkpoints``), callbacks and the console line (``callbacks``) and TensorBoard logging
-(``summaries``).
+The parts are built in ``parts``; the outer loop is ``loop``, the compiled step ``step``
+(``update`` per optimizer, ``supervised`` or the user's step through ``context``).
 """
 
 from __future__ import annotations
@@ -17,29 +14,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .._args import fn_name
 from . import data as _data
 from .callbacks import CallbackList, History, ProgressPrinter
-from .calls import LossCall, resolve_metrics
 from .checkpoints import Checkpoints
 from .distribution import is_chief
 from .loop import FitLoop
-from .model import (
-    build_models,
-    check_in_scope,
-    check_positive,
-    check_step_arguments,
-    resolve_optimizer,
-    resolve_optimizers,
-    tf_variable,
-    trainable_variables,
-    variable_names,
+from .model import all_variables
+from .parts import (
+    ASSEMBLY_ARGS,
+    OPTION_ARGS,
+    assemble,
+    check_options,
+    checkpoint_objects,
+    run_guarded,
 )
-from .state import Diagnostics, TrainState
-from .step import CompiledSteps
 from .summaries import BoardHook, choose_logdir
-from .supervised import SupervisedStep
-from .update import NONFINITE_MARK, OptimizerUpdate
 
 __all__ = ["Trainer"]
 
@@ -53,9 +42,8 @@ class Trainer:
     each gradient to a named optimizer (see :class:`tapekit.training.context.StepContext`).
 
     Args:
-        model: A ``keras.Model``, a ``tf.Module``, a ``tf.Variable`` or a dict/list/tuple of
-            them, or a zero-argument factory returning one (called inside the strategy scope
-            and the mixed-precision policy). Its trainable variables are trained.
+        model: A ``keras.Model``, ``tf.Module``, ``tf.Variable`` or a dict/list/tuple of them,
+            or a zero-argument factory of one (called in the strategy scope and dtype policy).
         loss_fn: ``loss_fn(model, batch) -> loss`` (a float scalar, the mean over the batch) or
             ``-> (loss, {name: scalar})``; see :mod:`tapekit.training.calls` for the reserved
             ``y_true``/``y_pred`` keys and the optional ``training`` argument. With ``step``
@@ -66,8 +54,8 @@ class Trainer:
         step: ``step(ctx, batch) -> {name: scalar}``, a user-written training step (``batch``
             is None for ``fit(None, steps_per_epoch=N)``); needs ``accumulate_steps=1`` and
             ``jit_compile=False``.
-        optimizer: A Keras optimizer or its name ("adam", "sgd", ...); with several models and
-            no ``optimizers``, a name gives each model its own.
+        optimizer: A Keras optimizer or its name ("adam", ...); with several models, a name
+            gives each model its own.
         optimizers: ``{model name: optimizer}`` for a step with several optimizers.
         metrics: Keras metrics or their names, fed ``(y_true, y_pred)`` (see ``metrics_fn``).
         metrics_fn: ``metrics_fn(model, batch) -> (y_true, y_pred)`` for the metrics.
@@ -77,22 +65,18 @@ class Trainer:
             training with batches ``accumulate_steps`` times larger.
         mixed_precision: None, "mixed_float16" (with dynamic loss scaling) or "mixed_bfloat16".
         jit_compile: XLA-compile the forward and backward pass (default step only).
-        steps_per_execution: Optimizer steps per call of the compiled function. None (default)
-            runs up to 64 steps per call, stopping at epoch ends and checkpoints, and 1 when a
-            callback defines ``on_step_end``; results are identical for every value.
+        steps_per_execution: Optimizer steps per compiled call; None: up to 64, stopping at
+            epoch ends, checkpoints and ``on_step_end`` callbacks (results are the same).
         checkpoint_dir: Directory for checkpoints; a new Trainer pointed at it resumes.
         keep_checkpoints: How many checkpoints to keep.
         checkpoint_every: Also save every this many steps (default: at epoch ends only).
         callbacks: Objects following the :class:`tapekit.Callback` protocol.
-        seed: Seeds the data shuffle and ``trainer.rng``; for a model factory, also the global
-            Keras/TF/NumPy seeds before it is called. Two runs with a seed are bitwise equal on CPU.
-        strategy: A ``tf.distribute.Strategy`` (default: the current one), e.g. Mirrored or
-            MultiWorkerMirrored. Batches are GLOBAL batches split over the replicas; only the
-            chief writes (see :mod:`tapekit.training.distribution`).
-        logdir: TensorBoard run directory; None means ``logs/<name>-<time>`` (if
-            ``tapekit.board`` is available), False disables logging.
-        log_every: Steps between per-step scalars (loss, gradient norms); 10 by default keeps
-            logging overhead small (see benchmarks/training.py).
+        seed: Seeds the data shuffle, ``trainer.rng`` and (before a factory runs) the global
+            Keras/TF/NumPy seeds. Two runs with a seed are bitwise equal on CPU.
+        strategy: A ``tf.distribute.Strategy`` (default: the current one); batches are GLOBAL
+            batches split over the replicas (see :mod:`tapekit.training.distribution`).
+        logdir: TensorBoard run directory; None: ``logs/<name>-<time>``; False: no logging.
+        log_every: Steps between per-step scalars (loss, gradient norms).
         histogram_every: Steps between gradient and weight histograms (0: none).
         on_nonfinite: "raise" (:class:`tapekit.NonFiniteError`) or "skip" such steps.
         allow_unused: Allow trainable variables that get no gradient (else an error names them).
@@ -144,82 +128,14 @@ class Trainer:
         name: str | None = None,
     ) -> None:
         self.strategy = strategy = strategy or tf.distribute.get_strategy()
-        check_positive(clip_norm, "clip_norm", float, allow_none=True)
-        check_positive(clip_value, "clip_value", float, allow_none=True)
-        for value, arg in (
-            (accumulate_steps, "accumulate_steps"),
-            (keep_checkpoints, "keep_checkpoints"),
-            (log_every, "log_every"),
-        ):
-            check_positive(value, arg)
-        check_positive(checkpoint_every, "checkpoint_every", allow_none=True)
-        check_positive(steps_per_execution, "steps_per_execution", allow_none=True)
-        if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
-        check_step_arguments(
-            model, models, loss_fn, step, metrics, accumulate_steps, jit_compile, optimizers
-        )
-        self.models = build_models(model, models, strategy, mixed_precision, seed)
-        self.model = self.models["model"] if models is None else dict(self.models)
-        if step is None:  # the default step: one optimizer over all trainable variables
-            self.optimizers = {"model": resolve_optimizer(optimizer, strategy, mixed_precision)}
-            owned = {"model": self.model}
-        else:
-            self.optimizers = resolve_optimizers(
-                optimizer, optimizers, self.models, strategy, mixed_precision
-            )
-            owned = {n: self.models[n] for n in self.optimizers}
-        self.trainable_variables: list[Any] = []
-        parts: dict[str, tuple[list[Any], list[str]]] = {}
-        for opt_name, owner in owned.items():
-            found = trainable_variables(owner)
-            check_in_scope(found, self.optimizers[opt_name], strategy)
-            parts[opt_name] = (found, variable_names(owner, found))
-            self.trainable_variables += found
-        metric_objs = resolve_metrics(metrics, strategy)
-        self._call = None
-        if loss_fn is not None:
-            self._call = LossCall(self.model, loss_fn, metric_objs, metrics_fn)
-        with strategy.scope():
-            self._state = TrainState(seed)
-            diagnostics = Diagnostics([len(v) for v, _ in parts.values()])
-        source = fn_name(step if step is not None else loss_fn)
-        updates = {
-            opt_name: OptimizerUpdate(
-                opt_name,
-                i,
-                self.optimizers[opt_name],
-                found,
-                names,
-                strategy=strategy,
-                diagnostics=diagnostics,
-                step=self._state.step,
-                clip_norm=clip_norm,
-                clip_value=clip_value,
-                on_nonfinite=on_nonfinite,
-                allow_unused=allow_unused,
-                source=source,
-            )
-            for i, (opt_name, (found, names)) in enumerate(parts.items())
-        }
-        if step is None:
-            replicas = strategy.num_replicas_in_sync
-            step_fn = SupervisedStep(self._call, updates["model"], replicas, jit_compile)
-        else:
-            step_fn = _UserStep(step)
+        given = locals()
+        check_options(**{k: given[k] for k in OPTION_ARGS})
+        parts = assemble(**{k: given[k] for k in ASSEMBLY_ARGS})
+        self.models, self.model, self.optimizers = parts.models, parts.model, parts.optimizers
+        self.trainable_variables = parts.trainable_variables
+        self._call, self._state, self._steps = parts.call, parts.state, parts.steps
         default_name = getattr(self.model, "name", None) if models is None else None
         self.name = name or default_name or "run"
-        self._steps = CompiledSteps(
-            step_fn=step_fn,
-            source=source,
-            models={"model": self.model} if models is None else self.models,
-            updates=updates,
-            call=self._call,
-            strategy=strategy,
-            state=self._state,
-            diagnostics=diagnostics,
-            accumulate=accumulate_steps,
-        )
         self._loop = FitLoop(
             self._steps,
             self._state,
@@ -284,13 +200,7 @@ class Trainer:
     @property
     def variables(self) -> list[Any]:
         """Every variable of the model(s) (trainable and not), as saved by ``get_weights``."""
-        out: list[Any] = []
-        for m in self.models.values():
-            if isinstance(m, (keras.layers.Layer, tf.Module)):
-                out += list(m.variables)
-            else:
-                out += [v for v in tf.nest.flatten(m) if isinstance(v, tf.Variable)]
-        return out
+        return all_variables(self.models)
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies of every model variable's value, as NumPy arrays."""
@@ -307,22 +217,10 @@ class Trainer:
         """Build the optimizers, trace-check the step, restore the newest checkpoint, open logs."""
         if self._ready:
             return
-        with self.strategy.scope():
-            for opt_name, update in self._steps.updates.items():
-                self.optimizers[opt_name].build(update.variables)
         self._steps.prepare(element_spec)
         if self.checkpoint_dir is not None:
-            # Keras keeps some state (e.g. dropout seed generators) in variables that
-            # tf.train.Checkpoint does not reach through the model; list them all explicitly.
-            every = [tf_variable(v) for v in self.variables]
-            single = len(self.optimizers) == 1 and "model" in self.optimizers
-            objects = dict(
-                model=self.model,
-                model_variables=every,
-                optimizer=self.optimizer if single else dict(self.optimizers),
-                state=self._state,
-                train_means=self._steps.train_means,
-                metrics=self.metrics,
+            objects = checkpoint_objects(
+                self.model, self.variables, self.optimizers, self._state, self._steps
             )
             self._checkpoints = Checkpoints(
                 self.checkpoint_dir, objects, keep=self._keep, strategy=self.strategy
@@ -375,26 +273,6 @@ class Trainer:
 
     # -- running -----------------------------------------------------------------------------
 
-    def _run(self, fn: Callable, *args: Any) -> Any:
-        """Call a compiled function; turn its failures into errors that say what happened."""
-        try:
-            return fn(*args)
-        except tf.errors.OutOfRangeError:
-            raise ValueError(
-                f"Trainer: the training data ran out at step {self.global_step} (epoch "
-                f"{self.epoch + 1}): the dataset yielded no batch although it was repeated, so "
-                "it is empty (e.g. a filter removed everything, or a generator stopped early). "
-                "Check the data pipeline yields batches."
-            ) from None
-        except tf.errors.InvalidArgumentError as exc:
-            if NONFINITE_MARK not in str(exc):
-                raise
-            saved = "no checkpoint_dir was set"
-            if self._checkpoints is not None:
-                latest = self._checkpoints.latest()
-                saved = f"the newest checkpoint on disk is {latest}" if latest else "none saved"
-            raise self._steps.nonfinite_error(saved) from None
-
     def step(self, batch: Any = None) -> dict[str, tf.Tensor]:
         """Run one optimizer step on ``batch`` (for users with their own outer loop).
 
@@ -420,7 +298,7 @@ class Trainer:
         fn = self._steps.batch_function(spec)
         if self._steps.replicas > 1 and batch is not None:
             batch = self._steps.split_batch(batch)
-        return self._run(fn, batch)
+        return run_guarded(fn, (batch,), self._steps, self._checkpoints)
 
     def evaluate(
         self, data: Any, *, batch_size: int | None = None, steps: int | None = None
@@ -445,12 +323,7 @@ class Trainer:
             )
         ds = _data.as_dataset(data, batch_size=batch_size, argument="data")
         self._ensure_ready(ds.element_spec)
-        steps = _data.steps_per_epoch(ds, steps, 1)
-        self._steps.eval_means.reset()
-        self._call.reset_metrics()
-        iterator = iter(_data.distribute(ds, self.strategy))
-        self._steps.eval_function()(iterator, tf.constant(steps, tf.int64))
-        return {**self._steps.eval_means.result(), **self._call.metric_results()}
+        return self._steps.evaluate(ds, _data.steps_per_epoch(ds, steps, 1))
 
     def fit(
         self,
@@ -502,9 +375,9 @@ class Trainer:
             val_ds = _data.as_dataset(
                 validation_data,
                 argument="validation_data",
-                batch_size=None
-                if isinstance(validation_data, tf.data.Dataset)
-                else validation_batch_size or batch_size,
+                batch_size=_data.validation_batch_size(
+                    validation_data, validation_batch_size, batch_size
+                ),
             )
             val_steps = _data.steps_per_epoch(val_ds, None, 1)
             validation = lambda: self.evaluate(val_ds, steps=val_steps)  # noqa: E731
@@ -512,7 +385,6 @@ class Trainer:
         printing = verbose and is_chief(self.strategy)  # one console for the whole cluster
         cbs = [history, *self.callbacks] + ([ProgressPrinter(epochs)] if printing else [])
         self.stop_training = False
-        call = self._call
         self._loop.run(
             plan,
             epochs=epochs,
@@ -521,20 +393,7 @@ class Trainer:
             checkpoints=self._checkpoints,
             checkpoint_every=self._ckpt_every,
             hook=self._hook,
-            guard=self._run,
-            optimizers=self.optimizers,
+            guard=lambda fn, *args: run_guarded(fn, args, self._steps, self._checkpoints),
             should_stop=lambda: self.stop_training,
-            metric_results=call.metric_results if call is not None else dict,
-            reset_metrics=call.reset_metrics if call is not None else lambda: None,
         )
         return history
-
-
-class _UserStep:
-    """Adapts ``step(ctx, batch)`` to the compiled loop's ``(ctx, batches)`` (one batch)."""
-
-    def __init__(self, step: Callable) -> None:
-        self.step = step
-
-    def __call__(self, ctx: Any, batches: list[Any] | None) -> Any:
-        return self.step(ctx, None if batches is None else batches[0])
