@@ -6,6 +6,11 @@ plus the boundary values u(0)^2 + u(1)^2. The residual needs the *second derivat
 network with respect to its input*, here `tapekit.derivative(u, 2)` (two nested tapes), and
 training differentiates that once more w.r.t. the weights. The exact solution is u = sin(pi x),
 so the recipe prints the largest error of the trained network against it.
+
+The loop is a custom step on `tapekit.Trainer` (`fit(None, ...)`: the collocation points are
+sampled inside the step from `ctx.rng`), so it has checkpoints and resume (`--checkpoint-dir`,
+`--resume`), NaN protection, the progress line and gradient logging; the last line is the
+sha256 of the trained weights, equal for an uninterrupted and a killed-and-resumed run.
 """
 
 from __future__ import annotations
@@ -13,15 +18,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tapekit._quiet import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
 
+import _custom_loop  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -34,20 +41,13 @@ PI = math.pi
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logdir", default="logs/07_physics_informed")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
+    _custom_loop.add_run_arguments(parser, 3000, "training steps")
     parser.add_argument("--points", type=int, default=64, help="collocation points per step")
     parser.add_argument("--width", type=int, default=32, help="hidden units per layer")
     parser.add_argument("--lr", type=float, default=1e-2, help="initial Adam learning rate")
-    parser.add_argument("--log-every", type=int, default=100, help="log and print interval")
+    parser.add_argument("--log-every", type=int, default=100, help="log interval (steps)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
-
-
-def open_writer(logdir: str) -> tf.summary.SummaryWriter:
-    """A summary writer for ``logdir``; a rerun replaces the event files of the previous one."""
-    for old in Path(logdir).glob("events.out.tfevents.*"):
-        old.unlink()
-    return tf.summary.create_file_writer(logdir)
 
 
 def plot(
@@ -66,82 +66,84 @@ def plot(
     return img
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    keras.utils.set_random_seed(args.seed)
-    net = keras.Sequential(
+def build(width: int) -> keras.Model:
+    return keras.Sequential(
         [
             keras.Input((1,)),
-            keras.layers.Dense(args.width, activation="tanh"),
-            keras.layers.Dense(args.width, activation="tanh"),
+            keras.layers.Dense(width, activation="tanh"),
+            keras.layers.Dense(width, activation="tanh"),
             keras.layers.Dense(1),
         ],
         name="pinn",
     )
 
-    def u(x: tf.Tensor) -> tf.Tensor:
-        """The candidate solution at points x of shape (n, 1)."""
-        return net(x)
 
-    # u acts row by row (point by point), so derivative() gives u''(x) at every point.
-    u_xx = tapekit.derivative(u, 2)
-    schedule = keras.optimizers.schedules.ExponentialDecay(args.lr, args.steps, 0.05)
-    optimizer = keras.optimizers.Adam(schedule)
-    points = tf.random.Generator.from_seed(args.seed)
+def make_step(points: int):
+    """The PINN step: sample points, residual of u'' = -pi^2 sin(pi x) plus boundary values."""
     boundary = tf.constant([[0.0], [1.0]])
 
-    @tf.function
-    def train_step() -> tuple[tf.Tensor, ...]:
-        x = points.uniform((args.points, 1))
+    def pinn_step(ctx: tapekit.StepContext, batch: None) -> dict[str, tf.Tensor]:
+        u = ctx.model
+        # u acts row by row (point by point), so derivative() gives u''(x) at every point.
+        u_xx = tapekit.derivative(lambda x: u(x), 2)
+        x = ctx.rng.uniform((points, 1))
         with tf.GradientTape() as tape:
             residual = u_xx(x) + PI**2 * tf.sin(PI * x)
             pde_loss = tf.reduce_mean(residual**2) / PI**4  # scaled so both terms are O(1)
             bc_loss = tf.reduce_mean(u(boundary) ** 2)
             loss = pde_loss + bc_loss
-        grads = tape.gradient(loss, net.trainable_variables)
-        optimizer.apply_gradients(zip(grads, net.trainable_variables))
-        return pde_loss, bc_loss, grads
+        ctx.minimize("model", loss, tape)  # differentiates u'' once more, w.r.t. the weights
+        return {"loss": loss, "pde_residual": pde_loss, "boundary": bc_loss}
 
+    return pinn_step
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+    schedule = keras.optimizers.schedules.ExponentialDecay(args.lr, args.steps, 0.05)
+    logdir = _custom_loop.fresh_logdir(args.logdir, args.resume)
     x_test = np.linspace(0.0, 1.0, 201, dtype=np.float32)[:, None]
     exact = np.sin(PI * x_test[:, 0])
+    evals = tapekit.board.RunWriters(logdir)
 
-    def max_error() -> float:
-        return float(np.abs(net(x_test).numpy()[:, 0] - exact).max())
+    class MaxError(tapekit.Callback):
+        """Logs the largest error against the exact solution at every epoch end."""
 
-    writer = open_writer(args.logdir)
-    names = [v.path for v in net.trainable_variables]
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            error = float(np.abs(trainer.model(x_test).numpy()[:, 0] - exact).max())
+            evals.scalars("eval", {"max_error_vs_exact": error}, self.trainer.global_step)
+
+    trainer = tapekit.Trainer(
+        lambda: build(args.width),
+        step=make_step(args.points),
+        optimizer=keras.optimizers.Adam(schedule),
+        seed=args.seed,
+        logdir=logdir,
+        log_every=args.log_every,
+        callbacks=[MaxError()],
+        name="07_physics_informed",
+        **_custom_loop.checkpoint_options(args),
+    )
+    per_epoch, epochs = _custom_loop.epochs_of(args.steps, 5 * args.log_every)
     print(f"PINN 1-{args.width}-{args.width}-1 (tanh), {args.points} random points per step")
     start = time.perf_counter()
-    with writer.as_default():
-        for step in range(1, args.steps + 1):
-            pde_loss, bc_loss, grads = train_step()
-            if step % args.log_every == 0 or step == args.steps:
-                error = max_error()
-                tf.summary.scalar("loss/pde_residual", pde_loss, step=step)
-                tf.summary.scalar("loss/boundary", bc_loss, step=step)
-                tf.summary.scalar("max_error_vs_exact", error, step=step)
-                tf.summary.scalar("gradient_norm/global", tf.linalg.global_norm(grads), step=step)
-                for name, g in zip(names, grads):
-                    tf.summary.scalar(f"gradient_norm/{name}", tf.norm(g), step=step)
-                if step % (args.log_every * 5) == 0 or step == args.steps:
-                    print(
-                        f"step {step:>5}/{args.steps} | pde {float(pde_loss):.2e} | "
-                        f"boundary {float(bc_loss):.2e} | max error {error:.2e}"
-                    )
-        u_end = net(x_test).numpy()[:, 0]
-        image = plot([(exact, (0.6, 0.6, 0.6)), (u_end, (0.85, 0.1, 0.1))])
-        tf.summary.image(
-            "solution",
-            image[None],
-            step=args.steps,
-            description="grey: exact sin(pi x); red: the network, on [0, 1]",
-        )
-    writer.close()
-    error = max_error()
+    trainer.fit(None, steps_per_epoch=per_epoch, epochs=epochs)
+    if trainer.restored_from:
+        print(f"resumed from {trainer.restored_from}")
+    trainer.close()
+    u_end = trainer.model(x_test).numpy()[:, 0]
+    image = plot([(exact, (0.6, 0.6, 0.6)), (u_end, (0.85, 0.1, 0.1))])
+    with evals.writer("eval").as_default(step=trainer.global_step):
+        description = "grey: exact sin(pi x); red: the network, on [0, 1]"
+        tf.summary.image("solution", image[None], description=description)
+    evals.close()
+    error = float(np.abs(u_end - exact).max())
     print(f"trained in {time.perf_counter() - start:.1f} s")
     print(f"max |u(x) - sin(pi x)| on [0, 1] = {error:.2e}")
     print(f"u(0.5) = {u_end[100]:.4f} (exact 1), u(0) = {u_end[0]:.1e}, u(1) = {u_end[-1]:.1e}")
-    print(f"Logs: tapekit inspect {args.logdir}   or   tensorboard --logdir {args.logdir}")
+    print(f"Logs: tapekit inspect {logdir}   or   tensorboard --logdir {logdir}")
+    print(f"weights sha256: {_custom_loop.weights_digest(trainer.trainable_variables)}")
     return 0
 
 

@@ -7,6 +7,12 @@ the critic takes its gradient w.r.t. the weights: a gradient of a gradient, reco
 tape around tapekit's inner one. The generator learns a ring of eight Gaussians; the recipe prints
 the sliced Wasserstein distance between generated and real samples before and after training,
 and the critic's input-gradient norm, which the penalty pulls towards 1.
+
+The loop is a custom step on `tapekit.Trainer` with two named models and optimizers (five
+critic updates, then one generator update, per step; samples and noise from `ctx.rng`), so it
+has checkpoints and resume (`--checkpoint-dir`, `--resume`), NaN protection, the progress line
+and per-optimizer gradient logging; the last line is the sha256 of the trained weights, equal
+for an uninterrupted and a killed-and-resumed run.
 """
 
 from __future__ import annotations
@@ -14,15 +20,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tapekit._quiet import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
 
+import _custom_loop  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -33,7 +41,7 @@ import tapekit  # noqa: E402
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logdir", default="logs/08_gradient_penalty")
-    parser.add_argument("--steps", type=int, default=1500, help="generator steps (default 1500)")
+    _custom_loop.add_run_arguments(parser, 1500, "generator steps")
     parser.add_argument(
         "--critic-steps", type=int, default=5, help="critic steps per generator step"
     )
@@ -45,13 +53,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-every", type=int, default=50, help="log interval (generator steps)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
-
-
-def open_writer(logdir: str) -> tf.summary.SummaryWriter:
-    """A summary writer for ``logdir``; a rerun replaces the event files of the previous one."""
-    for old in Path(logdir).glob("events.out.tfevents.*"):
-        old.unlink()
-    return tf.summary.create_file_writer(logdir)
 
 
 def mlp(out: int, name: str) -> keras.Sequential:
@@ -93,45 +94,63 @@ def scatter(
     return img
 
 
+def make_step(batch: int, critic_steps: int, penalty: float):
+    """The WGAN-GP step: ``critic_steps`` critic updates with the penalty, one generator update."""
+
+    def wgan_step(ctx: tapekit.StepContext, data: None) -> dict[str, tf.Tensor]:
+        generator, critic = ctx.models["generator"], ctx.models["critic"]
+        # Samples are independent, so the gradient of the sum holds each sample's grad_x D(x).
+        input_gradient = tapekit.grad(lambda x: tf.reduce_sum(critic(x)))
+        for _ in range(critic_steps):
+            real = real_samples(batch, ctx.rng)
+            fake = generator(ctx.rng.normal((batch, 2)))
+            eps = ctx.rng.uniform((batch, 1))
+            x_hat = eps * real + (1 - eps) * fake
+            with tf.GradientTape() as tape:
+                wasserstein = tf.reduce_mean(critic(real)) - tf.reduce_mean(critic(fake))
+                norms = tf.norm(input_gradient(x_hat), axis=1)  # the inner gradient, recorded
+                gp = tf.reduce_mean((norms - 1.0) ** 2)
+                loss = -wasserstein + penalty * gp
+            ctx.minimize("critic", loss, tape)  # a gradient of a gradient
+        with tf.GradientTape() as tape:
+            g_loss = -tf.reduce_mean(critic(generator(ctx.rng.normal((batch, 2)))))
+        ctx.minimize("generator", g_loss, tape)
+        return {
+            "wasserstein_estimate": wasserstein,
+            "gradient_penalty": gp,
+            "input_gradient_norm": tf.reduce_mean(norms),
+            "generator_loss": g_loss,
+        }
+
+    return wgan_step
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
-    rng = tf.random.Generator.from_seed(args.seed)
-    generator, critic = mlp(2, "generator"), mlp(1, "critic")
-    g_opt = keras.optimizers.Adam(args.lr, beta_1=0.5, beta_2=0.9)
-    c_opt = keras.optimizers.Adam(args.lr, beta_1=0.5, beta_2=0.9)
+    logdir = _custom_loop.fresh_logdir(args.logdir, args.resume)
+    rng = np.random.default_rng(args.seed)
+    angle = rng.integers(0, 8, size=1000) * (2 * math.pi / 8)
+    reference = 2.0 * np.stack([np.cos(angle), np.sin(angle)], 1) + 0.05 * rng.normal(
+        size=(1000, 2)
+    )
+    noise = rng.normal(size=(1000, 2)).astype(np.float32)
+    evals = tapekit.board.RunWriters(logdir)
 
-    def critic_sum(x: tf.Tensor) -> tf.Tensor:
-        # Samples are independent, so the gradient of the sum holds each sample's grad_x D(x).
-        return tf.reduce_sum(critic(x))
+    def adam() -> keras.optimizers.Optimizer:
+        return keras.optimizers.Adam(args.lr, beta_1=0.5, beta_2=0.9)
 
-    input_gradient = tapekit.grad(critic_sum)
-
-    @tf.function
-    def critic_step() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-        real = real_samples(args.batch, rng)
-        fake = generator(rng.normal((args.batch, 2)))
-        eps = rng.uniform((args.batch, 1))
-        x_hat = eps * real + (1 - eps) * fake
-        with tf.GradientTape() as tape:
-            wasserstein = tf.reduce_mean(critic(real)) - tf.reduce_mean(critic(fake))
-            norms = tf.norm(input_gradient(x_hat), axis=1)  # the inner gradient, recorded here
-            penalty = tf.reduce_mean((norms - 1.0) ** 2)
-            loss = -wasserstein + args.penalty * penalty
-        grads = tape.gradient(loss, critic.trainable_variables)  # gradient of a gradient
-        c_opt.apply_gradients(zip(grads, critic.trainable_variables))
-        return wasserstein, penalty, tf.reduce_mean(norms), tf.linalg.global_norm(grads)
-
-    @tf.function
-    def generator_step() -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            loss = -tf.reduce_mean(critic(generator(rng.normal((args.batch, 2)))))
-        grads = tape.gradient(loss, generator.trainable_variables)
-        g_opt.apply_gradients(zip(grads, generator.trainable_variables))
-        return tf.linalg.global_norm(grads)
-
-    reference = real_samples(1000, rng).numpy()
-    noise = rng.normal((1000, 2))
+    trainer = tapekit.Trainer(
+        models={"generator": lambda: mlp(2, "generator"), "critic": lambda: mlp(1, "critic")},
+        step=make_step(args.batch, args.critic_steps, args.penalty),
+        optimizers={"generator": adam(), "critic": adam()},
+        seed=args.seed,
+        logdir=logdir,
+        log_every=args.log_every,
+        name="08_gradient_penalty",
+        **_custom_loop.checkpoint_options(args),
+    )
+    generator = trainer.models["generator"]
 
     def distance() -> float:
         return sliced_wasserstein(generator(noise).numpy(), reference)
@@ -140,43 +159,38 @@ def main(argv: list[str] | None = None) -> int:
         picture = scatter(
             [(reference, (0.6, 0.6, 0.6)), (generator(noise).numpy(), (0.85, 0.1, 0.1))]
         )
-        description = "grey: data, red: generated, in the square [-3, 3]^2"
-        tf.summary.image(tag, picture[None], step=step, description=description)
+        with evals.writer("eval").as_default(step=step):
+            description = "grey: data, red: generated, in the square [-3, 3]^2"
+            tf.summary.image(tag, picture[None], description=description)
 
-    before = distance()
+    class Distance(tapekit.Callback):
+        """Logs the sliced Wasserstein distance of the generated samples at every epoch end."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            evals.scalars("eval", {"sliced_wasserstein_distance": distance()}, trainer.global_step)
+
+    trainer.callbacks.append(Distance())
+    before = distance()  # the untrained generator (or the restored one, when resuming)
     print(f"WGAN-GP on 8 Gaussians, lambda = {args.penalty:g}, {args.critic_steps} critic steps")
     print(f"before training: sliced Wasserstein distance to the data {before:.3f}")
-    writer = open_writer(args.logdir)
+    log_samples("samples/start", step=0)
+    per_epoch, epochs = _custom_loop.epochs_of(args.steps, 6 * args.log_every)
     start = time.perf_counter()
-    with writer.as_default():
-        log_samples("samples/start", step=0)
-        for step in range(1, args.steps + 1):
-            for _ in range(args.critic_steps):
-                wasserstein, penalty, norm, c_norm = critic_step()
-            g_norm = generator_step()
-            if step % args.log_every == 0 or step == args.steps:
-                tf.summary.scalar("critic/wasserstein_estimate", wasserstein, step=step)
-                tf.summary.scalar("critic/gradient_penalty", penalty, step=step)
-                tf.summary.scalar("critic/input_gradient_norm", norm, step=step)
-                tf.summary.scalar("gradient_norm/critic", c_norm, step=step)
-                tf.summary.scalar("gradient_norm/generator", g_norm, step=step)
-                tf.summary.scalar("sliced_wasserstein_distance", distance(), step=step)
-            if step % (args.log_every * 6) == 0 or step == args.steps:
-                print(
-                    f"step {step:>5}/{args.steps} | W estimate {float(wasserstein):.3f} | "
-                    f"penalty {float(penalty):.4f} | |grad_x D| {float(norm):.3f}"
-                )
-        log_samples("samples/end", step=args.steps)
-    writer.close()
+    history = trainer.fit(None, steps_per_epoch=per_epoch, epochs=epochs)
+    if trainer.restored_from:
+        print(f"resumed from {trainer.restored_from}")
+    trainer.close()
+    log_samples("samples/end", step=trainer.global_step)
+    evals.close()
     after = distance()
+    norm = history["input_gradient_norm"][-1] if history.epochs else float("nan")
     print(f"trained in {time.perf_counter() - start:.1f} s")
     print(
         f"after training: sliced Wasserstein distance to the data {after:.3f} (before {before:.3f})"
     )
-    print(
-        f"critic input-gradient norm at interpolates: {float(norm):.3f} (the penalty's target: 1)"
-    )
-    print(f"Logs: tapekit inspect {args.logdir}   or   tensorboard --logdir {args.logdir}")
+    print(f"critic input-gradient norm at interpolates: {norm:.3f} (the penalty's target: 1)")
+    print(f"Logs: tapekit inspect {logdir}   or   tensorboard --logdir {logdir}")
+    print(f"weights sha256: {_custom_loop.weights_digest(trainer.trainable_variables)}")
     return 0
 
 

@@ -6,21 +6,28 @@ theta' = theta - alpha * grad L_task(theta), already fits that task. The meta-lo
 theta' on fresh points of the task, so its gradient w.r.t. theta passes through the inner
 gradient: a second-order derivative (the inner `tapekit.grad` is recorded by the outer tape).
 The recipe prints the loss on unseen tasks before and after adaptation.
+
+The loop is a custom step on `tapekit.Trainer` (`fit(None, ...)`: the tasks are sampled inside
+the step from `ctx.rng`), so it has checkpoints and resume (`--checkpoint-dir`, `--resume`),
+NaN protection, the progress line and gradient logging; the last line is the sha256 of the
+trained weights, equal for an uninterrupted and a killed-and-resumed run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tapekit._quiet import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
 
+import _custom_loop  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -31,9 +38,7 @@ import tapekit  # noqa: E402
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logdir", default="logs/09_meta_learning")
-    parser.add_argument(
-        "--steps", type=int, default=5000, help="meta-training steps (default 5000)"
-    )
+    _custom_loop.add_run_arguments(parser, 5000, "meta-training steps")
     parser.add_argument("--tasks", type=int, default=10, help="tasks per meta-batch")
     parser.add_argument("--shots", type=int, default=10, help="K: points seen per task")
     parser.add_argument("--inner-lr", type=float, default=0.01, help="alpha, the inner step size")
@@ -43,13 +48,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
-
-
-def open_writer(logdir: str) -> tf.summary.SummaryWriter:
-    """A summary writer for ``logdir``; a rerun replaces the event files of the previous one."""
-    for old in Path(logdir).glob("events.out.tfevents.*"):
-        old.unlink()
-    return tf.summary.create_file_writer(logdir)
 
 
 def sample_tasks(rng: tf.random.Generator, tasks: int, points: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -103,26 +101,39 @@ def adapt(params: list[tf.Tensor], x: tf.Tensor, y: tf.Tensor, lr: float, steps:
     return fast
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    keras.utils.set_random_seed(args.seed)
-    rng = tf.random.Generator.from_seed(args.seed)
-    theta = init_params(args.hidden)
-    optimizer = keras.optimizers.Adam(args.meta_lr)
-    k = args.shots
+def make_step(tasks: int, k: int, inner_lr: float):
+    """The MAML step: sample tasks, adapt on K points, meta-loss on K fresh points."""
 
-    @tf.function
-    def meta_step() -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
-        x, y = sample_tasks(rng, args.tasks, 2 * k)  # K points to adapt on, K to evaluate on
+    def maml_step(ctx: tapekit.StepContext, batch: None) -> dict[str, tf.Tensor]:
+        theta = ctx.model
+        x, y = sample_tasks(ctx.rng, tasks, 2 * k)  # K points to adapt on, K to evaluate on
         x_train, y_train, x_eval, y_eval = x[:, :k], y[:, :k], x[:, k:], y[:, k:]
         with tf.GradientTape() as tape:
             pre = tf.reduce_mean(task_losses(theta, x_eval, y_eval))
-            fast = adapt(theta, x_train, y_train, args.inner_lr)
+            fast = adapt(theta, x_train, y_train, inner_lr)
             post = tf.reduce_mean(task_losses(fast, x_eval, y_eval))
-        grads = tape.gradient(post, theta)  # differentiates through the inner gradient
-        optimizer.apply_gradients(zip(grads, theta))
-        return pre, post, grads
+        ctx.minimize("model", post, tape)  # differentiates through the inner gradient
+        return {"loss_before_adaptation": pre, "loss_after_adaptation": post}
 
+    return maml_step
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+    logdir = _custom_loop.fresh_logdir(args.logdir, args.resume)
+    k = args.shots
+    trainer = tapekit.Trainer(
+        lambda: init_params(args.hidden),
+        step=make_step(args.tasks, k, args.inner_lr),
+        optimizer=keras.optimizers.Adam(args.meta_lr),
+        seed=args.seed,
+        logdir=logdir,
+        log_every=args.log_every,
+        name="09_meta_learning",
+        **_custom_loop.checkpoint_options(args),
+    )
+    theta = trainer.model
     test_rng = tf.random.Generator.from_seed(args.seed + 1)
     x_test, y_test = sample_tasks(test_rng, args.test_tasks, 2 * k)
 
@@ -134,33 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"before meta-training: unseen-task loss {evaluate(0):.3f}, after 1 step {evaluate(1):.3f}"
     )
-    writer = open_writer(args.logdir)
+    per_epoch, epochs = _custom_loop.epochs_of(args.steps, 5 * args.log_every)
     start = time.perf_counter()
-    with writer.as_default():
-        for step in range(1, args.steps + 1):
-            pre, post, grads = meta_step()
-            if step % args.log_every == 0 or step == args.steps:
-                tf.summary.scalar("meta_train/loss_before_adaptation", pre, step=step)
-                tf.summary.scalar("meta_train/loss_after_adaptation", post, step=step)
-                tf.summary.scalar("gradient_norm/global", tf.linalg.global_norm(grads), step=step)
-                for v, g in zip(theta, grads):
-                    tf.summary.scalar(
-                        f"gradient_norm/{v.name.split(':')[0]}", tf.norm(g), step=step
-                    )
-            if step % (args.log_every * 5) == 0 or step == args.steps:
-                print(
-                    f"step {step:>5}/{args.steps} | loss before adaptation {float(pre):.3f} | "
-                    f"after {float(post):.3f}"
-                )
-        results = {n: evaluate(n) for n in (0, 1, 10)}
+    trainer.fit(None, steps_per_epoch=per_epoch, epochs=epochs)
+    if trainer.restored_from:
+        print(f"resumed from {trainer.restored_from}")
+    trainer.close()
+    results = {n: evaluate(n) for n in (0, 1, 10)}
+    with tapekit.board.RunWriters(logdir) as evals:
         for n, value in results.items():
-            tf.summary.scalar("meta_test/loss_vs_adaptation_steps", value, step=n)
-    writer.close()
+            evals.scalars("eval", {"meta_test/loss_vs_adaptation_steps": value}, n)
     print(f"meta-trained in {time.perf_counter() - start:.1f} s")
     print(f"meta-test on {args.test_tasks} unseen tasks ({k} points each to adapt on):")
     print(f"  pre-adaptation loss  {results[0]:.3f}")
     print(f"  post-adaptation loss {results[1]:.3f} (1 step), {results[10]:.3f} (10 steps)")
-    print(f"Logs: tapekit inspect {args.logdir}   or   tensorboard --logdir {args.logdir}")
+    print(f"Logs: tapekit inspect {logdir}   or   tensorboard --logdir {logdir}")
+    print(f"weights sha256: {_custom_loop.weights_digest(trainer.trainable_variables)}")
     return 0
 
 

@@ -25,6 +25,7 @@ _EXPORTS = {
     "EarlyStopping": ".training",
     "History": ".training",
     "NonFiniteError": ".errors",
+    "StepContext": ".training",
     "Tape": ".tape",
     "TapekitError": ".errors",
     "Trainer": ".training",
@@ -61,6 +62,7 @@ __all__ = [
     "EarlyStopping",
     "History",
     "NonFiniteError",
+    "StepContext",
     "Tape",
     "TapekitError",
     "Trainer",
@@ -101,7 +103,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .products import jvp, vjp
     from .recompute import checkpoint, remat
     from .tape import Tape
-    from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
+    from .training import Callback, CheckpointError, EarlyStopping, History, StepContext, Trainer
     from .training.curvature_monitor import CurvatureMonitor
     from .transforms import derivative, grad, value_and_grad
 

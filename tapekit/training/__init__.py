@@ -5,6 +5,7 @@
 
 from .callbacks import Callback, EarlyStopping, History
 from .checkpoints import CheckpointError
+from .context import StepContext
 from .trainer import Trainer
 
-__all__ = ["Callback", "CheckpointError", "EarlyStopping", "History", "Trainer"]
+__all__ = ["Callback", "CheckpointError", "EarlyStopping", "History", "StepContext", "Trainer"]

@@ -287,7 +287,7 @@ class ProgressPrinter(Callback):
         logs = dict(logs or {})
         eta = None
         rate = logs.get("steps_per_second")
-        remaining = getattr(self.trainer, "_remaining_steps", None)
+        remaining = getattr(self.trainer, "remaining_steps", None)
         if rate and remaining is not None:
             eta = remaining / rate
         step = self.trainer.global_step if self.trainer is not None else 0

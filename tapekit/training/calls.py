@@ -107,6 +107,12 @@ class LossCall:
         else:
             out = self.loss_fn(self.model, batch)
         name = fn_name(self.loss_fn)
+        if out is None:
+            raise TypeError(
+                f"`{name}` (the Trainer's loss_fn) returned None; it must return the loss, a float "
+                "scalar (the mean over the batch), or (loss, {name: scalar}). Add `return loss` "
+                "at its end."
+            )
         if isinstance(out, (tuple, list)):
             if len(out) != 2 or not isinstance(out[1], Mapping):
                 raise TypeError(

@@ -21,10 +21,13 @@ from .distribution import is_multi_worker
 
 __all__ = [
     "as_dataset",
+    "count_batches",
     "distribute",
+    "example_count",
     "leading_size",
     "relaxed_spec",
     "steps_per_epoch",
+    "validation_batch_size",
 ]
 
 
@@ -98,18 +101,54 @@ def as_dataset(
         )
     (n,) = sizes
     ds = tf.data.Dataset.from_tensor_slices(data)
-    if shuffle:
+    if shuffle and n > 0:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     return ds.batch(int(batch_size))
 
 
-def steps_per_epoch(dataset: tf.data.Dataset, requested: int | None, accumulate: int) -> int:
+def count_batches(dataset: tf.data.Dataset) -> int:
+    """Batches in one pass over ``dataset``: its cardinality, counted once if unknown.
+
+    Returns ``-1`` for an infinite dataset.
+
+    Example:
+        >>> count_batches(tf.data.Dataset.range(10).batch(3)), count_batches(
+        ...     tf.data.Dataset.range(3).repeat())
+        (4, -1)
+    """
+    batches = int(dataset.cardinality())
+    if batches == tf.data.INFINITE_CARDINALITY:
+        return -1
+    if batches == tf.data.UNKNOWN_CARDINALITY:  # e.g. after filter(): count once
+        batches = int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
+    return batches
+
+
+def example_count(data: Any) -> int:
+    """Examples in array ``data`` (first dimension); ``-1`` for a ``tf.data.Dataset``.
+
+    Example:
+        >>> example_count((np.zeros((5, 2)), np.ones(5))), example_count(tf.data.Dataset.range(2))
+        (5, -1)
+    """
+    if isinstance(data, tf.data.Dataset):
+        return -1
+    return int(np.shape(_leaves(data)[0])[0])
+
+
+def steps_per_epoch(
+    dataset: tf.data.Dataset | None,
+    requested: int | None,
+    accumulate: int,
+    batches: int | None = None,
+) -> int:
     """Optimizer steps in one epoch of ``dataset`` (each step uses ``accumulate`` batches).
 
     Args:
-        dataset: The batched (not yet repeated) dataset.
+        dataset: The batched (not yet repeated) dataset, or None (a step without data).
         requested: The user's ``steps_per_epoch``, or ``None`` for one pass over the data.
         accumulate: Batches per optimizer step.
+        batches: The dataset's batches per pass if already known (see :func:`count_batches`).
 
     Returns:
         The number of steps (at least 1).
@@ -122,23 +161,40 @@ def steps_per_epoch(dataset: tf.data.Dataset, requested: int | None, accumulate:
         2
     """
     if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, (int, np.integer)):
+            raise ValueError(f"steps_per_epoch must be an int >= 1, but received {requested!r}.")
         if int(requested) < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, but received {requested!r}.")
         return int(requested)
-    batches = int(dataset.cardinality())
-    if batches == tf.data.INFINITE_CARDINALITY:
+    if dataset is None:
+        raise ValueError("Without data, pass steps_per_epoch=N.")
+    if batches is None or batches == tf.data.UNKNOWN_CARDINALITY:
+        batches = count_batches(dataset)
+    if batches == -1:
         raise ValueError(
             "The training dataset repeats forever, so an epoch has no natural end. Pass "
             "steps_per_epoch=..., or remove the .repeat()."
         )
-    if batches == tf.data.UNKNOWN_CARDINALITY:  # e.g. after filter(): count once
-        batches = int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
     if batches < accumulate:
         raise ValueError(
             f"An epoch needs at least accumulate_steps={accumulate} batches, but the dataset has "
             f"{batches}. Use a smaller batch_size or accumulate_steps."
         )
     return batches // accumulate
+
+
+def validation_batch_size(data: Any, requested: int | None, train: int | None) -> int | None:
+    """The batch size for validation ``data``: None for a Dataset, else ``requested`` or the
+    training batch size.
+
+    Example:
+        >>> validation_batch_size(np.zeros(4), None, 16), validation_batch_size(
+        ...     tf.data.Dataset.range(2), 8, 16)
+        (16, None)
+    """
+    if isinstance(data, tf.data.Dataset):
+        return None
+    return requested or train
 
 
 def relaxed_spec(spec: Any) -> Any:

@@ -20,14 +20,30 @@ strategy run in one process, which is always the chief.
 
 from __future__ import annotations
 
+from typing import Any
+
 import tensorflow as tf
 
-__all__ = ["is_chief", "is_multi_worker", "replica_values", "task_name"]
+__all__ = ["first_local", "is_chief", "is_multi_worker", "replica_values", "task_name"]
 
 
 def _cluster(strategy: tf.distribute.Strategy) -> dict:
     resolver = getattr(strategy, "cluster_resolver", None)
     return resolver.cluster_spec().as_dict() if resolver is not None else {}
+
+
+def first_local(strategy: tf.distribute.Strategy, value: Any) -> Any:
+    """The first local replica's component of each per-replica or mirrored value in ``value``.
+
+    Use it on values every replica holds equally (all-reduced): it picks one copy.
+
+    Example:
+        >>> first_local(tf.distribute.get_strategy(), {"a": 1.0})
+        {'a': 1.0}
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return value
+    return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], value)
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:

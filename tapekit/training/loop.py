@@ -1,173 +1,270 @@
-"""The host side of ``Trainer.fit``: epochs, executions, checkpoints, callbacks and logs.
+"""The outer loop of ``Trainer.fit``: epochs, executions, data position, checkpoints, callbacks.
 
-Per compiled execution the host does one function call and integer bookkeeping; it reads the
-device only at epoch ends (the epoch averages), at checkpoints, and when an error is raised.
+:class:`FitLoop` owns the loop and its state between ``fit`` calls; it talks to the compiled
+steps (``train_function``), the checkpoints (``save``), the logging hook (``epoch_end``) and the
+callbacks through those small interfaces only. Per compiled execution the host does one
+function call and integer bookkeeping; it reads the device only at epoch ends (the epoch
+averages), at checkpoints, and when an error is raised.
+
+Data position. The training stream is the (seeded, reshuffled each epoch) dataset repeated;
+``TrainState.position`` counts the batches consumed from it and ``TrainState.data_meta``
+records what they were (batch size, examples, batches per epoch, steps per epoch,
+accumulation). Every ``fit`` rebuilds the stream and skips ``position`` batches, so a run
+continued in the same process (after ``fit`` returned or raised) and a run resumed from a
+checkpoint both continue at the next example of an uninterrupted run. If the data changed
+(different batch size, length or steps per epoch): at an epoch boundary the new data starts at
+its first example (with a warning: its shuffle order is not the old one); mid-epoch it is
+refused with an error that says what changed, because no position would be right.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+import warnings
+from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from . import data as _data
-from .callbacks import CallbackList, History, ProgressPrinter
-from .distribution import is_chief
+from .state import TrainState
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
-__all__ = ["AUTO_STEPS", "run_fit"]
+__all__ = ["AUTO_STEPS", "FitLoop"]
 
 AUTO_STEPS = 64
 """Steps per compiled call when ``steps_per_execution=None`` (the host only counts them)."""
 
 
-def _constant(cache: dict[int, tf.Tensor], n: int) -> tf.Tensor:
-    value = cache.get(n)
-    if value is None:
-        value = cache[n] = tf.constant(n, tf.int64)
-    return value
+def _learning_rates(optimizers: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for name, opt in optimizers.items():
+        lr = opt.learning_rate
+        value = float(tf.convert_to_tensor(getattr(lr, "value", lr)).numpy())
+        out["learning_rate" if len(optimizers) == 1 else f"learning_rate/{name}"] = value
+    return out
 
 
-def _learning_rate(optimizer: Any) -> float:
-    lr = optimizer.learning_rate
-    return float(tf.convert_to_tensor(getattr(lr, "value", lr)).numpy())
+class FitLoop:
+    """Runs ``fit``'s epochs and keeps the loop's own state (see module doc).
 
+    Args:
+        steps: The Trainer's :class:`~tapekit.training.step.CompiledSteps`.
+        state: Its counters (saved in checkpoints).
+        strategy: The distribution strategy (to distribute the data).
+        accumulate: Batches per optimizer step.
+        steps_per_execution: Steps per compiled call (None: automatic).
+    """
 
-def _save(ckpt: Any, state: Any, step: int, epoch_step: int, position: int) -> None:
-    """Write a checkpoint; the host-kept counters go into the state first."""
-    state.epoch_step.assign(epoch_step)
-    state.position.assign(position)
-    ckpt.save(step)
+    def __init__(
+        self,
+        steps: Any,
+        state: TrainState,
+        *,
+        strategy: tf.distribute.Strategy,
+        accumulate: int,
+        steps_per_execution: int | None,
+    ) -> None:
+        self.steps, self.state, self.strategy = steps, state, strategy
+        self.accumulate, self.steps_per_execution = accumulate, steps_per_execution
+        self.remaining_steps: int | None = None
+        self._consts: dict[int, tf.Tensor] = {}
 
+    def _constant(self, n: int) -> tf.Tensor:
+        value = self._consts.get(n)
+        if value is None:
+            value = self._consts[n] = tf.constant(n, tf.int64)
+        return value
 
-def _stream(trainer: Trainer, data: Any, batch_size: int | None, shuffle: bool) -> tuple:
-    """The repeated, distributed training stream; skips what a resumed run already consumed."""
-    state = trainer._state
-    ds = _data.as_dataset(
-        data, batch_size=batch_size, shuffle=shuffle, seed=int(state.data_seed.numpy())
-    )
-    skip = trainer._resume_position or 0
-    trainer._resume_position = None
-    state.position.assign(skip)
-    stream = ds.repeat()
-    if skip:
-        stream = stream.skip(skip)
-    return ds, iter(_data.distribute(stream, trainer.strategy))
+    # -- data ------------------------------------------------------------------------------
 
+    def plan(
+        self, data: Any, *, batch_size: int | None, steps_per_epoch: int | None, shuffle: bool
+    ) -> tuple[tf.data.Dataset | None, int, list[int] | None]:
+        """``(dataset, steps per epoch, data meta)`` for ``data`` (``None``: no data)."""
+        if data is None:
+            if steps_per_epoch is None:
+                raise ValueError(
+                    "fit(None, ...) trains a step that makes its own data, so it needs "
+                    "steps_per_epoch=N (optimizer steps per epoch); none was given."
+                )
+            return None, _data.steps_per_epoch(None, steps_per_epoch, 1), None
+        seed = int(self.state.data_seed.numpy())
+        ds = _data.as_dataset(data, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        batches = int(ds.cardinality())  # -1: infinite, -2: unknown (counted only if needed)
+        if batches == tf.data.UNKNOWN_CARDINALITY and steps_per_epoch is None:
+            batches = _data.count_batches(ds)
+        if batches == 0:
+            raise ValueError(
+                "The training data has no batches (an empty dataset or arrays with 0 examples), "
+                "so there is nothing to train on. Check the data pipeline (e.g. a filter that "
+                "removes everything) or pass fit(None, steps_per_epoch=N) for a step without data."
+            )
+        per_epoch = _data.steps_per_epoch(ds, steps_per_epoch, self.accumulate, batches=batches)
+        meta = [batch_size or -1, _data.example_count(data), batches, per_epoch, self.accumulate]
+        return ds, per_epoch, meta
 
-def run_fit(
-    trainer: Trainer,
-    data: Any,
-    *,
-    epochs: int,
-    batch_size: int | None,
-    steps_per_epoch: int | None,
-    validation_data: Any,
-    validation_batch_size: int | None,
-    shuffle: bool,
-    verbose: int,
-) -> History:
-    """Implementation of :meth:`tapekit.Trainer.fit` (see there)."""
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"fit needs epochs >= 1 (an int), got {epochs!r}.")
-    spec_ds = _data.as_dataset(data, batch_size=batch_size, argument="data")
-    trainer._ensure_ready(spec_ds.element_spec)
-    steps, state = trainer._steps, trainer._state
-    per_epoch = _data.steps_per_epoch(spec_ds, steps_per_epoch, trainer.accumulate_steps)
-    val_ds = None
-    if validation_data is not None:
-        val_ds = _data.as_dataset(
-            validation_data,
-            argument="validation_data",
-            batch_size=None
-            if isinstance(validation_data, tf.data.Dataset)
-            else validation_batch_size or batch_size,
-        )
-        val_steps = _data.steps_per_epoch(val_ds, None, 1)
-    _, iterator = _stream(trainer, data, batch_size, shuffle)
+    def _position(self, meta: list[int] | None) -> int:
+        """The batches to skip in the new stream; checks and records what they mean."""
+        if meta is None:
+            return 0
+        position = int(self.state.position.numpy())
+        recorded = [int(v) for v in self.state.data_meta.numpy()]
+        if position and any(recorded) and recorded != meta:
+            changed = [
+                f"{field} {old} -> {new}"
+                for field, old, new in zip(TrainState.DATA_FIELDS, recorded, meta)
+                if old != new
+            ]
+            if int(self.state.epoch_step.numpy()) != 0:
+                epoch = int(self.state.epoch.numpy()) + 1
+                raise ValueError(
+                    f"Trainer: cannot continue in the middle of epoch {epoch}: the data position "
+                    f"({position} batches) was recorded for other data "
+                    f"({', '.join(changed)}), so no position in this data is the next example. "
+                    "Pass the same data, batch_size, steps_per_epoch and accumulate_steps as the "
+                    "run that was interrupted, or start afresh with a new checkpoint_dir (or "
+                    "delete its checkpoints)."
+                )
+            warnings.warn(
+                f"Trainer: the training data changed ({', '.join(changed)}); epoch "
+                f"{int(self.state.epoch.numpy()) + 1} starts at the new data's first batch (its "
+                "shuffle order is not the one an uninterrupted run would have used).",
+                stacklevel=4,
+            )
+            position = 0
+        self.state.position.assign(position)
+        self.state.data_meta.assign(np.asarray(meta, np.int64))
+        return position
 
-    history = History()
-    printing = verbose and is_chief(trainer.strategy)  # one console for the whole cluster
-    cbs = [history, *trainer.callbacks] + ([ProgressPrinter(epochs)] if printing else [])
-    callbacks = CallbackList(cbs, trainer)
-    trainer.stop_training = False
-    per_call = trainer.steps_per_execution or (1 if callbacks.has_step_hooks else AUTO_STEPS)
-    step = trainer.global_step
-    first_epoch, in_epoch = trainer.epoch, int(state.epoch_step.numpy())
-    ckpt, every = trainer._checkpoints, trainer._ckpt_every
-    base, start_step = int(state.position.numpy()), step  # batches = base + k * steps done
-    k = trainer.accumulate_steps
-    hook, consts = trainer._hook, {}
-    last_saved = step
-    try:
-        callbacks.on_train_begin()
-        for epoch in range(first_epoch, epochs):
-            callbacks.on_epoch_begin(epoch)
-            if in_epoch == 0:
-                steps.train_means.reset()
-                trainer._call.reset_metrics()
-            start, done, first = time.perf_counter(), 0, None
-            while in_epoch < per_epoch:
-                n = min(per_call, per_epoch - in_epoch)
-                if ckpt is not None and every:
-                    n = min(n, every - step % every)
-                trainer._run(steps.train_fn, iterator, _constant(consts, n))
-                if hook is not None and not hook.graph_written:
-                    hook.write_graph(
-                        steps.train_fn.get_concrete_function(iterator, _constant(consts, n))
-                    )
-                in_epoch, step, done = in_epoch + n, step + n, done + n
-                if first is None:  # the first call may include tracing: rate excludes it
-                    first = (done, time.perf_counter())
-                if ckpt is not None and every and step % every == 0:
-                    _save(ckpt, state, step, in_epoch, base + k * (step - start_step))
+    def _stream(self, ds: tf.data.Dataset | None, meta: list[int] | None) -> Any:
+        if ds is None:
+            return None
+        skip = self._position(meta)
+        stream = ds.repeat()
+        if skip:
+            stream = stream.skip(skip)
+        return iter(_data.distribute(stream, self.strategy))
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(
+        self,
+        plan: tuple[tf.data.Dataset | None, int, list[int] | None],
+        *,
+        epochs: int,
+        callbacks: Any,
+        validation: Callable[[], dict[str, float]] | None,
+        checkpoints: Any,
+        checkpoint_every: int | None,
+        hook: Any,
+        guard: Callable[..., Any],
+        should_stop: Callable[[], bool],
+    ) -> None:
+        """Train until ``epochs`` epochs are complete (see ``Trainer.fit``).
+
+        Args:
+            plan: What :meth:`plan` returned for the data.
+            epochs: The epoch to stop after.
+            callbacks: A :class:`~tapekit.training.callbacks.CallbackList`.
+            validation: Returns the validation values at an epoch end (or None).
+            checkpoints: Has ``save(step)`` (or None: no checkpoints).
+            checkpoint_every: Steps between checkpoints (None: epoch ends only).
+            hook: The logging hook (``write_graph``, ``epoch_end``, ``flush``, ``close``).
+            guard: ``guard(fn, *args)`` calls a compiled function, translating its errors.
+            should_stop: Asked after every execution and epoch: stop now?
+        """
+        ds, per_epoch, meta = plan
+        state, steps = self.state, self.steps
+        optimizers = {name: u.optimizer for name, u in steps.updates.items()}
+        call = steps.call
+        iterator = self._stream(ds, meta)
+        per_call = self.steps_per_execution or (1 if callbacks.has_step_hooks else AUTO_STEPS)
+        train_fn = steps.train_function()
+        step = int(state.step.numpy())
+        first_epoch, in_epoch = int(state.epoch.numpy()), int(state.epoch_step.numpy())
+        base, start_step = int(state.position.numpy()), step  # batches = base + k * steps done
+        k = self.accumulate if ds is not None else 0
+        every = checkpoint_every if checkpoints is not None else None
+        last_saved = step
+        self.remaining_steps = (epochs - first_epoch) * per_epoch - in_epoch
+
+        def save(in_epoch: int) -> None:
+            state.epoch_step.assign(in_epoch)
+            state.position.assign(base + k * (step - start_step))
+            checkpoints.save(step)
+
+        try:
+            callbacks.on_train_begin()
+            for epoch in range(first_epoch, epochs):
+                callbacks.on_epoch_begin(epoch)
+                if in_epoch == 0:
+                    steps.train_means.reset()
+                    if call is not None:
+                        call.reset_metrics()
+                start, done, first, stopped = time.perf_counter(), 0, None, False
+                while in_epoch < per_epoch:
+                    n = min(per_call, per_epoch - in_epoch)
+                    if every:
+                        n = min(n, every - step % every)
+                    guard(train_fn, iterator, self._constant(n))
+                    if hook is not None and not hook.graph_written:
+                        concrete = train_fn.get_concrete_function(iterator, self._constant(n))
+                        hook.write_graph(concrete)
+                    in_epoch, step, done = in_epoch + n, step + n, done + n
+                    self.remaining_steps -= n
+                    if first is None:  # the first call may include tracing: rate excludes it
+                        first = (done, time.perf_counter())
+                    if every and step % every == 0:
+                        save(in_epoch)
+                        last_saved = step
+                    callbacks.on_step_end(step, {"step": step})
+                    if should_stop():
+                        stopped = True
+                        break
+                if stopped and in_epoch < per_epoch:  # stopped mid-epoch: keep the position
+                    state.epoch_step.assign(in_epoch)
+                    state.position.assign(base + k * (step - start_step))
+                    if checkpoints is not None and last_saved != step:
+                        save(in_epoch)
+                    break
+                loop_end = time.perf_counter()
+                logs = steps.train_means.result()
+                logs.update(call.metric_results() if call is not None else {})
+                val_logs = validation() if validation is not None else None
+                if val_logs is not None:
+                    logs.update({f"val_{key}": v for key, v in val_logs.items()})
+                if int(state.skipped.numpy()):
+                    logs["skipped_steps"] = float(state.skipped.numpy())
+                rate = done / max(loop_end - start, 1e-9)
+                if first is not None and done > first[0] and epoch == first_epoch:
+                    rate = (done - first[0]) / max(loop_end - first[1], 1e-9)
+                logs["steps_per_second"] = rate
+                state.epoch.assign_add(1)
+                in_epoch = 0
+                state.epoch_step.assign(0)
+                state.position.assign(base + k * (step - start_step))
+                if checkpoints is not None and last_saved != step:
+                    save(0)
                     last_saved = step
-                callbacks.on_step_end(step, {"step": step})
-            loop_end = time.perf_counter()
-            elapsed = max(loop_end - start, 1e-9)
-            logs = {**steps.train_means.result(), **trainer._call.metric_results()}
-            val_logs = None
-            if val_ds is not None:
-                val_logs = trainer.evaluate(val_ds, steps=val_steps)
-                logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            if trainer.skipped_steps:
-                logs["skipped_steps"] = float(trainer.skipped_steps)
-            rate = done / elapsed
-            if first is not None and done > first[0] and epoch == first_epoch:
-                rate = (done - first[0]) / max(loop_end - first[1], 1e-9)
-            logs["steps_per_second"] = rate
-            state.epoch.assign_add(1)
-            state.epoch_step.assign(0)
-            in_epoch = 0
-            trainer._remaining_steps = (epochs - epoch - 1) * per_epoch
-            if ckpt is not None and last_saved != step:
-                _save(ckpt, state, step, 0, base + k * (step - start_step))
-                last_saved = step
+                if hook is not None:
+                    train_vals = {
+                        key: v
+                        for key, v in logs.items()
+                        if not key.startswith("val_") and key != "steps_per_second"
+                    }
+                    extra = {**_learning_rates(optimizers), "steps_per_second": rate}
+                    hook.epoch_end(step, train_vals, val_logs, extra)
+                callbacks.on_epoch_end(epoch, logs)
+                if should_stop():
+                    break
             if hook is not None:
-                train_vals = {
-                    k: v
-                    for k, v in logs.items()
-                    if not k.startswith("val_") and k != "steps_per_second"
-                }
-                extra = {
-                    "learning_rate": _learning_rate(trainer.optimizer),
-                    "steps_per_second": rate,
-                }
-                hook.epoch_end(step, train_vals, val_logs, extra)
-            callbacks.on_epoch_end(epoch, logs)
-            if trainer.stop_training:
-                break
-        if hook is not None:
-            hook.flush()
-        callbacks.on_train_end()
-    except BaseException:
-        done = trainer.global_step - step  # steps the failing call completed
-        state.epoch_step.assign(in_epoch + done)
-        state.position.assign(base + k * (step + done - start_step))
-        if hook is not None:
-            hook.close()
-        raise
-    return history
+                hook.flush()
+            callbacks.on_train_end()
+        except BaseException:
+            done = int(state.step.numpy()) - step  # steps the failing call completed
+            state.epoch_step.assign(in_epoch + done)
+            state.position.assign(base + k * (step + done - start_step))
+            if hook is not None:
+                hook.close()
+            raise

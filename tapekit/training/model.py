@@ -17,9 +17,14 @@ from .._args import leaf_paths
 from ..errors import describe_received
 
 __all__ = [
+    "all_variables",
     "build_model",
+    "build_models",
     "check_in_scope",
     "check_positive",
+    "check_step_arguments",
+    "resolve_optimizer",
+    "resolve_optimizers",
     "tf_variable",
     "trainable_variables",
     "variable_names",
@@ -128,6 +133,22 @@ def variable_names(model: Any, variables: list[Any]) -> list[str]:
     return names
 
 
+def all_variables(models: dict[str, Any]) -> list[Any]:
+    """Every variable (trainable and not) of each model, in model order.
+
+    Example:
+        >>> [v.name for v in all_variables({"a": [tf.Variable(1.0, name="w")]})]
+        ['w:0']
+    """
+    out: list[Any] = []
+    for m in models.values():
+        if isinstance(m, (keras.layers.Layer, tf.Module)):
+            out += list(m.variables)
+        else:
+            out += [v for v in tf.nest.flatten(m) if isinstance(v, tf.Variable)]
+    return out
+
+
 def tf_variable(v: Any) -> tf.Variable:
     """The ``tf.Variable`` behind a Keras variable (``.value``), or ``v`` itself.
 
@@ -213,3 +234,133 @@ def check_positive(value: Any, name: str, kind: type = int, allow_none: bool = F
     if not ok or value <= 0:
         raise ValueError(f"Trainer `{name}` must be a positive {kind.__name__}, got {value!r}.")
     return value
+
+
+def check_step_arguments(
+    model: Any,
+    models: Any,
+    loss_fn: Any,
+    step: Any,
+    metrics: Any,
+    accumulate_steps: int,
+    jit_compile: bool,
+    optimizers: Any,
+) -> None:
+    """Check how the Trainer was asked to train: ``model``/``models``, ``loss_fn``/``step``.
+
+    Raises:
+        TypeError: If both or neither of ``model``/``models`` (or ``loss_fn``/``step``) are
+            given, or ``step`` / ``models`` are of the wrong kind.
+        ValueError: For options a custom step does not support.
+    """
+    if (model is None) == (models is None):
+        raise TypeError(
+            "Trainer needs either `model` (one model) or `models` (a dict of named models), "
+            f"but received {'both' if model is not None else 'neither'}. Pass e.g. "
+            "Trainer(build_model, loss_fn) or Trainer(models={'generator': g, 'critic': c}, "
+            "step=...)."
+        )
+    if models is not None and (
+        not isinstance(models, dict) or not models or not all(isinstance(k, str) for k in models)
+    ):
+        raise TypeError(
+            "Trainer `models` must be a non-empty dict {name: model or factory} with str "
+            f"names, but received {describe_received(models)}."
+        )
+    if step is None and loss_fn is None:
+        raise TypeError(
+            "Trainer needs `loss_fn(model, batch)` (the default step) or `step(ctx, batch)` (a "
+            "step you write); neither was given."
+        )
+    if step is None:
+        if optimizers is not None:
+            raise ValueError(
+                "Trainer `optimizers` (several named optimizers) needs a custom `step` that "
+                "calls ctx.minimize(name, ...); the loss_fn form trains one `optimizer`."
+            )
+        return
+    if not callable(step):
+        raise TypeError(f"Trainer `step` must be callable, got {describe_received(step)}.")
+    if accumulate_steps != 1:
+        raise ValueError(
+            f"accumulate_steps={accumulate_steps} applies to the default loss_fn step only; in "
+            "a custom step, sum the gradients of several ctx.gradients(...) calls yourself and "
+            "pass them to ctx.apply(...)."
+        )
+    if jit_compile:
+        raise ValueError(
+            "jit_compile=True applies to the default loss_fn step only; in a custom step, "
+            "XLA-compile your forward pass with tf.function(jit_compile=True) instead."
+        )
+    if metrics and loss_fn is None:
+        raise ValueError(
+            "Trainer `metrics` are computed by the loss_fn path (evaluate/validation); with a "
+            "custom step pass loss_fn=... as well, or return the values from the step."
+        )
+
+
+def build_models(
+    model: Any,
+    models: dict[str, Any] | None,
+    strategy: tf.distribute.Strategy,
+    mixed_precision: str | None,
+    seed: int | None,
+) -> dict[str, Any]:
+    """``{name: built model}``: ``{"model": model}`` for one model, else ``models`` built.
+
+    With a ``seed`` and any factory among them, the global Keras/TF/NumPy seeds are set once
+    before the first factory is called.
+
+    Example:
+        >>> sorted(build_models(None, {"a": tf.Variable(1.0)}, tf.distribute.get_strategy(),
+        ...                     None, None))
+        ['a']
+    """
+    named = {"model": model} if models is None else dict(models)
+    if seed is not None and any(_is_factory(m) for m in named.values()):
+        keras.utils.set_random_seed(seed)
+    return {n: build_model(m, strategy, mixed_precision) for n, m in named.items()}
+
+
+def _is_factory(obj: Any) -> bool:
+    return callable(obj) and not (_is_model_object(obj) or _is_nest(obj))
+
+
+def resolve_optimizers(
+    optimizer: Any,
+    optimizers: dict[str, Any] | None,
+    models: dict[str, Any],
+    strategy: tf.distribute.Strategy,
+    mixed_precision: str | None,
+) -> dict[str, keras.optimizers.Optimizer]:
+    """One optimizer per trained model name, from ``optimizers`` or from ``optimizer``.
+
+    Raises:
+        ValueError: For an optimizer name that is no model's, or one optimizer object shared.
+    """
+    if optimizers is None:
+        if len(models) > 1 and not isinstance(optimizer, str):
+            raise ValueError(
+                f"One optimizer object cannot train the {len(models)} models "
+                f"({', '.join(models)}): its slots would mix. Pass optimizers={{name: ...}} or "
+                "an optimizer name (e.g. optimizer='adam') to give each model its own."
+            )
+        optimizers = {n: optimizer for n in models}
+    if not isinstance(optimizers, dict) or not optimizers:
+        raise TypeError(
+            "Trainer `optimizers` must be a non-empty dict {model name: optimizer}, but "
+            f"received {describe_received(optimizers)}."
+        )
+    unknown = [n for n in optimizers if n not in models]
+    if unknown:
+        raise ValueError(
+            f"Trainer `optimizers` names {unknown}, which are not among the models "
+            f"{sorted(models)}; each optimizer trains the model of its name."
+        )
+    ids = [id(o) for o in optimizers.values() if not isinstance(o, str)]
+    if len(set(ids)) != len(ids):
+        raise ValueError(
+            "Trainer `optimizers` uses one optimizer object for several models; create one "
+            "optimizer per model (their slots and step counters must not mix)."
+        )
+    return {n: resolve_optimizer(o, strategy, mixed_precision) for n, o in optimizers.items()}

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["RunningMeans", "TrainState"]
+__all__ = ["Diagnostics", "RunningMeans", "TrainState"]
 
 
 class RunningMeans(tf.Module):
@@ -59,22 +59,29 @@ class RunningMeans(tf.Module):
 
 
 class TrainState(tf.Module):
-    """Counters and diagnostics of one training run.
+    """Counters of one training run, saved in every checkpoint.
 
     Attributes:
         step: Optimizer steps done (int64).
         epoch: Completed epochs (int64).
         epoch_step: Optimizer steps done in the current (unfinished) epoch.
         position: Dataset batches consumed from the repeated training stream (int64); a resumed
-            run skips that many to find its place.
+            or continued run skips that many to find its place.
+        data_meta: What ``position`` counts, as ``DATA_FIELDS`` (0: nothing recorded yet,
+            -1: unknown), checked before a run continues at ``position``.
         data_seed: Seed of the training data shuffle, kept so a resumed run reshuffles alike.
         rng: A ``tf.random.Generator`` for the user's own randomness (``trainer.rng``).
         skipped: Steps skipped because the loss or a gradient was not finite.
-        bad_loss, bad_grads: Which of the loss / each variable's gradient was non-finite at the
-            failing step (written only when a step fails).
+
+    Example:
+        >>> state = TrainState(seed=1)
+        >>> int(state.step.numpy()), int(state.data_seed.numpy())
+        (0, 1)
     """
 
-    def __init__(self, num_variables: int, seed: int | None) -> None:
+    DATA_FIELDS = ("batch_size", "examples", "batches_per_epoch", "steps_per_epoch", "accumulate")
+
+    def __init__(self, seed: int | None) -> None:
         super().__init__(name="train_state")
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
@@ -82,17 +89,50 @@ class TrainState(tf.Module):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step")
         self.position = tf.Variable(0, dtype=tf.int64, trainable=False, name="position")
+        self.data_meta = tf.Variable(
+            tf.zeros([len(self.DATA_FIELDS)], tf.int64), trainable=False, name="data_meta"
+        )
         self.data_seed = tf.Variable(int(seed), dtype=tf.int64, trainable=False, name="data_seed")
         self.rng = tf.random.Generator.from_seed(int(seed))
         self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped")
-        self.bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="bad_step")
-        self.bad_loss = tf.Variable(False, trainable=False, name="bad_loss")
-        self.bad_grads = tf.Variable(
-            tf.zeros([num_variables], tf.bool), trainable=False, name="bad_grads"
-        )
 
-    def record_nonfinite(self, loss_finite: tf.Tensor, grads_finite: tf.Tensor) -> None:
-        """Store which values were non-finite at the current step (graph-safe)."""
-        self.bad_step.assign(self.step)
-        self.bad_loss.assign(tf.logical_not(loss_finite))
-        self.bad_grads.assign(tf.logical_not(grads_finite))
+
+class Diagnostics(tf.Module):
+    """What was not finite at the failing update (written only when an update fails).
+
+    Not saved in checkpoints. ``record`` runs in cross-replica context inside the compiled step.
+
+    Args:
+        sizes: The number of variables of each optimizer, in the Trainer's order.
+
+    Example:
+        >>> d = Diagnostics([2])
+        >>> d.record(tf.constant(3, tf.int64), 0, tf.constant(True), tf.constant([True, False]))
+        >>> d.failure()
+        (3, 0, False, [False, True])
+    """
+
+    def __init__(self, sizes: Iterable[int]) -> None:
+        super().__init__(name="diagnostics")
+        self.step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="bad_step")
+        self.update = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_update")
+        self.loss = tf.Variable(False, trainable=False, name="bad_loss")
+        self.grads = [
+            tf.Variable(tf.zeros([n], tf.bool), trainable=False, name=f"bad_grads_{i}")
+            for i, n in enumerate(sizes)
+        ]
+
+    def record(
+        self, step: tf.Tensor, index: int, loss_finite: tf.Tensor, grads_finite: tf.Tensor
+    ) -> None:
+        """Store which values of optimizer ``index`` were non-finite at ``step``."""
+        self.step.assign(tf.cast(step, tf.int64))
+        self.update.assign(index)
+        self.loss.assign(tf.logical_not(loss_finite))
+        self.grads[index].assign(tf.logical_not(grads_finite))
+
+    def failure(self) -> tuple[int, int, bool, list[bool]]:
+        """``(step, optimizer index, loss was bad, bad flag per variable)``; step -1 if none."""
+        index = int(self.update.numpy())
+        flags = self.grads[index].numpy().tolist() if self.grads else []
+        return int(self.step.numpy()), index, bool(self.loss.numpy()), flags

@@ -3,9 +3,12 @@
 What is written, under ``<logdir>/train`` and ``<logdir>/validation``:
 
 * train, every ``log_every`` steps, from inside the compiled step: ``loss`` and the extras of
-  ``loss_fn``; ``gradient_norm/global`` and ``gradient_norm/<variable>``
-  (:class:`tapekit.board.GradientLogger`); every ``histogram_every`` steps the histograms
-  ``gradients/<variable>`` and ``weights/<variable>``.
+  ``loss_fn`` (or the scalars a custom step returns); ``gradient_norm/global`` and
+  ``gradient_norm/<variable>`` (:class:`tapekit.board.GradientLogger`, over the gradients each
+  optimizer applied last in the step); with several optimizers also
+  ``optimizer/<name>/gradient_norm``; under float16 loss scaling ``optimizer/loss_scale``
+  (``optimizer/<name>/loss_scale`` with several); every ``histogram_every`` steps the
+  histograms ``gradients/<variable>`` and ``weights/<variable>``.
 * train, at each epoch end: ``epoch_loss`` (the epoch average), every metric,
   ``learning_rate``, ``steps_per_second``.
 * validation, at each epoch end: ``loss``, extras and every metric (so the validation loss is
@@ -24,7 +27,7 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -89,16 +92,19 @@ class BoardHook:
         self.writers.check_writable()
 
     def train_step(
-        self,
-        step: tf.Variable,
-        values: Mapping[str, tf.Tensor],
-        grads: Sequence[tf.Tensor] | Callable[[], Sequence[tf.Tensor]],
-        variables: Sequence[Any],
-    ) -> None:
+        self, step: tf.Variable, values: Mapping[str, tf.Tensor], updates: Mapping[str, Any]
+    ) -> tf.Tensor:
         """Called inside the compiled step (graph mode), in cross-replica context.
 
-        ``grads`` is the aggregated gradient or a function returning it; a function is called
-        only on steps that log gradients (under a strategy it all-reduces them).
+        Args:
+            step: The step counter.
+            values: The step's global means (``loss`` and the extras, or the step's scalars).
+            updates: The optimizer updates applied in this step, by name; each gives its
+                newest applied gradient through ``logged_gradients()`` (called only on steps
+                that log gradients: under a strategy it all-reduces them).
+
+        Returns:
+            A boolean tensor (whether anything was due), to wait on.
         """
         writer = self.writers.writer("train")
         if self._gradients is None:
@@ -111,17 +117,29 @@ class BoardHook:
         if self.histogram_every:
             hist_due = tf.equal(tf.math.floormod(step, self.histogram_every), 0)
             due = tf.logical_or(due, hist_due)
+        several = len(updates) > 1
 
         def write() -> tf.Tensor:  # one cond per step: other steps cost (almost) nothing
+            grads, variables = [], []
             with writer.as_default(step=step), tf.name_scope(""):  # tags without "while/cond/"
                 with tf.summary.record_if(log_due):
                     for tag, value in values.items():
                         tf.summary.scalar(tag, value)
-            self._gradients(step, grads() if callable(grads) else grads, variables)
+                    for name, update in updates.items():
+                        g, v = update.logged_gradients()
+                        grads += g
+                        variables += v
+                        prefix = f"optimizer/{name}/" if several else "optimizer/"
+                        if several:
+                            tf.summary.scalar(f"{prefix}gradient_norm", tf.linalg.global_norm(g))
+                        if update.loss_scaled:
+                            scale = update.optimizer.dynamic_scale
+                            tf.summary.scalar(f"{prefix}loss_scale", tf.cast(scale, tf.float32))
+            self._gradients(step, grads, variables)
             return tf.constant(True)
 
         with tf.name_scope(""):
-            tf.cond(due, write, lambda: tf.constant(False))
+            return tf.cond(due, write, lambda: tf.constant(False))
 
     def epoch_end(
         self,

@@ -1,9 +1,7 @@
 """``Trainer``: a custom training loop with the features of ``keras.Model.fit``, compiled whole.
 
-The loop itself is in :mod:`tapekit.training.step`; this module wires the parts together:
-data (``data``), the user's model and hooks (``model``, ``calls``), checkpoints
-(``checkpoints``), callbacks and the console line (``callbacks``) and TensorBoard
-logging (``summaries``).
+The parts are built in ``parts``; the outer loop is ``loop``, the compiled step ``step``
+(``update`` per optimizer, ``supervised`` or the user's step through ``context``).
 """
 
 from __future__ import annotations
@@ -17,21 +15,19 @@ import numpy as np
 import tensorflow as tf
 
 from . import data as _data
-from .callbacks import History
-from .calls import LossCall, resolve_metrics
+from .callbacks import CallbackList, History, ProgressPrinter
 from .checkpoints import Checkpoints
-from .loop import run_fit
-from .model import (
-    build_model,
-    check_in_scope,
-    check_positive,
-    resolve_optimizer,
-    tf_variable,
-    trainable_variables,
-    variable_names,
+from .distribution import is_chief
+from .loop import FitLoop
+from .model import all_variables
+from .parts import (
+    ASSEMBLY_ARGS,
+    OPTION_ARGS,
+    assemble,
+    check_options,
+    checkpoint_objects,
+    run_guarded,
 )
-from .state import TrainState
-from .step import NONFINITE_MARK, CompiledSteps
 from .summaries import BoardHook, choose_logdir
 
 __all__ = ["Trainer"]
@@ -40,38 +36,47 @@ __all__ = ["Trainer"]
 class Trainer:
     """A compiled, strategy-aware training loop for Keras models, ``tf.Module``s and variables.
 
+    Two forms, one machinery: ``Trainer(model, loss_fn, optimizer=...)`` trains ``loss_fn``'s
+    mean loss (the default step); ``Trainer(models={...}, step=my_step, optimizers={...})``
+    runs a step you write (GANs, meta-learning, PINNs), which records its own tapes and hands
+    each gradient to a named optimizer (see :class:`tapekit.training.context.StepContext`).
+
     Args:
-        model: A ``keras.Model``, a ``tf.Module``, a ``tf.Variable`` or a dict/list/tuple of
-            them, or a zero-argument factory returning one (called inside the strategy scope
-            and the mixed-precision policy). Its trainable variables are trained.
+        model: A ``keras.Model``, ``tf.Module``, ``tf.Variable`` or a dict/list/tuple of them,
+            or a zero-argument factory of one (called in the strategy scope and dtype policy).
         loss_fn: ``loss_fn(model, batch) -> loss`` (a float scalar, the mean over the batch) or
             ``-> (loss, {name: scalar})``; see :mod:`tapekit.training.calls` for the reserved
-            ``y_true``/``y_pred`` keys and the optional ``training`` argument.
-        optimizer: A Keras optimizer or its name ("adam", "sgd", ...).
+            ``y_true``/``y_pred`` keys and the optional ``training`` argument. With ``step``
+            it is optional and used by ``evaluate`` and ``validation_data`` only.
+        models: Named models (or factories) instead of ``model``, e.g.
+            ``{"generator": make_g, "critic": make_c}``; each optimizer trains the model of
+            its name. ``trainer.model`` is then the dict.
+        step: ``step(ctx, batch) -> {name: scalar}``, a user-written training step (``batch``
+            is None for ``fit(None, steps_per_epoch=N)``); needs ``accumulate_steps=1`` and
+            ``jit_compile=False``.
+        optimizer: A Keras optimizer or its name ("adam", ...); with several models, a name
+            gives each model its own.
+        optimizers: ``{model name: optimizer}`` for a step with several optimizers.
         metrics: Keras metrics or their names, fed ``(y_true, y_pred)`` (see ``metrics_fn``).
         metrics_fn: ``metrics_fn(model, batch) -> (y_true, y_pred)`` for the metrics.
-        clip_norm: Clip the aggregated gradient to this global norm.
+        clip_norm: Clip each optimizer's aggregated gradient to this global norm.
         clip_value: Clip each aggregated gradient element to ``[-clip_value, clip_value]``.
         accumulate_steps: Micro-batches whose gradients are summed per optimizer step; equals
             training with batches ``accumulate_steps`` times larger.
         mixed_precision: None, "mixed_float16" (with dynamic loss scaling) or "mixed_bfloat16".
-        jit_compile: XLA-compile the forward and backward pass.
-        steps_per_execution: Optimizer steps per call of the compiled function. None (default)
-            runs up to 64 steps per call, stopping at epoch ends and checkpoints, and 1 when a
-            callback defines ``on_step_end``; results are identical for every value.
+        jit_compile: XLA-compile the forward and backward pass (default step only).
+        steps_per_execution: Optimizer steps per compiled call; None: up to 64, stopping at
+            epoch ends, checkpoints and ``on_step_end`` callbacks (results are the same).
         checkpoint_dir: Directory for checkpoints; a new Trainer pointed at it resumes.
         keep_checkpoints: How many checkpoints to keep.
         checkpoint_every: Also save every this many steps (default: at epoch ends only).
         callbacks: Objects following the :class:`tapekit.Callback` protocol.
-        seed: Seeds the data shuffle and ``trainer.rng``; for a model factory, also the global
-            Keras/TF/NumPy seeds before it is called. Two runs with a seed are bitwise equal on CPU.
-        strategy: A ``tf.distribute.Strategy`` (default: the current one), e.g. Mirrored or
-            MultiWorkerMirrored. Batches are GLOBAL batches split over the replicas; only the
-            chief writes (see :mod:`tapekit.training.distribution`).
-        logdir: TensorBoard run directory; None means ``logs/<name>-<time>`` (if
-            ``tapekit.board`` is available), False disables logging.
-        log_every: Steps between per-step scalars (loss, gradient norms); 10 by default keeps
-            logging overhead small (see benchmarks/training.py).
+        seed: Seeds the data shuffle, ``trainer.rng`` and (before a factory runs) the global
+            Keras/TF/NumPy seeds. Two runs with a seed are bitwise equal on CPU.
+        strategy: A ``tf.distribute.Strategy`` (default: the current one); batches are GLOBAL
+            batches split over the replicas (see :mod:`tapekit.training.distribution`).
+        logdir: TensorBoard run directory; None: ``logs/<name>-<time>``; False: no logging.
+        log_every: Steps between per-step scalars (loss, gradient norms).
         histogram_every: Steps between gradient and weight histograms (0: none).
         on_nonfinite: "raise" (:class:`tapekit.NonFiniteError`) or "skip" such steps.
         allow_unused: Allow trainable variables that get no gradient (else an error names them).
@@ -94,10 +99,13 @@ class Trainer:
 
     def __init__(
         self,
-        model: Any,
-        loss_fn: Callable,
+        model: Any = None,
+        loss_fn: Callable | None = None,
         *,
+        models: dict[str, Any] | None = None,
+        step: Callable | None = None,
         optimizer: Any = "adam",
+        optimizers: dict[str, Any] | None = None,
         metrics: Sequence[Any] = (),
         metrics_fn: Callable | None = None,
         clip_norm: float | None = None,
@@ -120,47 +128,20 @@ class Trainer:
         name: str | None = None,
     ) -> None:
         self.strategy = strategy = strategy or tf.distribute.get_strategy()
-        check_positive(clip_norm, "clip_norm", float, allow_none=True)
-        check_positive(clip_value, "clip_value", float, allow_none=True)
-        for value, arg in (
-            (accumulate_steps, "accumulate_steps"),
-            (keep_checkpoints, "keep_checkpoints"),
-            (log_every, "log_every"),
-        ):
-            check_positive(value, arg)
-        check_positive(checkpoint_every, "checkpoint_every", allow_none=True)
-        check_positive(steps_per_execution, "steps_per_execution", allow_none=True)
-        if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
-        is_factory = callable(model) and not isinstance(
-            model, (keras.layers.Layer, tf.Module, tf.Variable, dict, list, tuple)
-        )
-        if is_factory and seed is not None:
-            keras.utils.set_random_seed(seed)
-        self.model = build_model(model, strategy, mixed_precision)
-        self.optimizer = resolve_optimizer(optimizer, strategy, mixed_precision)
-        self.trainable_variables = trainable_variables(self.model)
-        check_in_scope(self.trainable_variables, self.optimizer, strategy)
-        names = variable_names(self.model, self.trainable_variables)
-        metric_objs = resolve_metrics(metrics, strategy)
-        self._call = LossCall(self.model, loss_fn, metric_objs, metrics_fn)
-        with strategy.scope():
-            self._state = TrainState(len(self.trainable_variables), seed)
-        self.name = name or getattr(self.model, "name", None) or "run"
-        self._steps = CompiledSteps(
-            call=self._call,
-            variables=self.trainable_variables,
-            names=names,
-            optimizer=self.optimizer,
+        given = locals()
+        check_options(**{k: given[k] for k in OPTION_ARGS})
+        parts = assemble(**{k: given[k] for k in ASSEMBLY_ARGS})
+        self.models, self.model, self.optimizers = parts.models, parts.model, parts.optimizers
+        self.trainable_variables = parts.trainable_variables
+        self._call, self._state, self._steps = parts.call, parts.state, parts.steps
+        default_name = getattr(self.model, "name", None) if models is None else None
+        self.name = name or default_name or "run"
+        self._loop = FitLoop(
+            self._steps,
+            self._state,
             strategy=strategy,
-            state=self._state,
-            clip_norm=clip_norm,
-            clip_value=clip_value,
             accumulate=accumulate_steps,
             steps_per_execution=steps_per_execution,
-            on_nonfinite=on_nonfinite,
-            allow_unused=allow_unused,
-            jit_compile=jit_compile,
         )
         self.steps_per_execution, self.accumulate_steps = steps_per_execution, accumulate_steps
         self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
@@ -171,13 +152,20 @@ class Trainer:
         self._log_every, self._histogram_every = log_every, histogram_every
         self._hook: Any = None
         self._ready = False
-        self._resume_position: int | None = None
         self.restored_from: str | None = None
         self.stop_training = False
-        self._remaining_steps: int | None = None
-        self._step_fns: dict[Any, Any] = {}
 
     # -- public state ------------------------------------------------------------------------
+
+    @property
+    def optimizer(self) -> keras.optimizers.Optimizer:
+        """The optimizer (with several, an error: use ``trainer.optimizers[name]``)."""
+        if len(self.optimizers) != 1:
+            raise AttributeError(
+                f"This Trainer has several optimizers ({', '.join(self.optimizers)}); use "
+                "trainer.optimizers[name]."
+            )
+        return next(iter(self.optimizers.values()))
 
     @property
     def global_step(self) -> int:
@@ -188,6 +176,11 @@ class Trainer:
     def epoch(self) -> int:
         """Completed epochs."""
         return int(self._state.epoch.numpy())
+
+    @property
+    def remaining_steps(self) -> int | None:
+        """Steps left in the running ``fit`` (None before the first ``fit``)."""
+        return self._loop.remaining_steps
 
     @property
     def rng(self) -> tf.random.Generator:
@@ -202,14 +195,12 @@ class Trainer:
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
         """The Keras metric objects the Trainer updates."""
-        return list(self._call.metrics)
+        return list(self._call.metrics) if self._call is not None else []
 
     @property
     def variables(self) -> list[Any]:
-        """Every variable of the model (trainable and not), as saved by ``get_weights``."""
-        if isinstance(self.model, (keras.layers.Layer, tf.Module)):
-            return list(self.model.variables)
-        return [v for v in tf.nest.flatten(self.model) if isinstance(v, (tf.Variable,))]
+        """Every variable of the model(s) (trainable and not), as saved by ``get_weights``."""
+        return all_variables(self.models)
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies of every model variable's value, as NumPy arrays."""
@@ -223,30 +214,18 @@ class Trainer:
     # -- set-up ------------------------------------------------------------------------------
 
     def _ensure_ready(self, element_spec: Any) -> None:
-        """Build the optimizer, trace-check loss_fn, restore the newest checkpoint, open logs."""
+        """Build the optimizers, trace-check the step, restore the newest checkpoint, open logs."""
         if self._ready:
             return
-        with self.strategy.scope():
-            self.optimizer.build(self.trainable_variables)
         self._steps.prepare(element_spec)
         if self.checkpoint_dir is not None:
-            # Keras keeps some state (e.g. dropout seed generators) in variables that
-            # tf.train.Checkpoint does not reach through the model; list them all explicitly.
-            every = [tf_variable(v) for v in self.variables]
-            objects = dict(
-                model=self.model,
-                model_variables=every,
-                optimizer=self.optimizer,
-                state=self._state,
-                train_means=self._steps.train_means,
-                metrics=self._call.metrics,
+            objects = checkpoint_objects(
+                self.model, self.variables, self.optimizers, self._state, self._steps
             )
             self._checkpoints = Checkpoints(
                 self.checkpoint_dir, objects, keep=self._keep, strategy=self.strategy
             )
             self.restored_from = self._checkpoints.restore_latest()
-            if self.restored_from is not None:
-                self._resume_position = int(self._state.position.numpy())
         self._open_logs()
         self._ready = True
 
@@ -261,7 +240,6 @@ class Trainer:
         )
         self._hook.check_writable()
         self._steps.set_hook(self._hook)
-        self._step_fns.clear()
 
     def save_checkpoint(self) -> str:
         """Write a checkpoint now, e.g. from your own loop around :meth:`step`.
@@ -295,44 +273,32 @@ class Trainer:
 
     # -- running -----------------------------------------------------------------------------
 
-    def _run(self, fn: Callable, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except tf.errors.InvalidArgumentError as exc:
-            if NONFINITE_MARK not in str(exc):
-                raise
-            saved = "no checkpoint_dir was set"
-            if self._checkpoints is not None:
-                latest = self._checkpoints.latest()
-                saved = f"the newest checkpoint on disk is {latest}" if latest else "none saved"
-            raise self._steps.nonfinite_error(saved) from None
-
-    def step(self, batch: Any) -> dict[str, tf.Tensor]:
+    def step(self, batch: Any = None) -> dict[str, tf.Tensor]:
         """Run one optimizer step on ``batch`` (for users with their own outer loop).
 
         ``accumulate_steps`` does not apply here: the batch is one whole step. The step is
         compiled once per batch structure/dtypes; the batch size may vary without retracing.
 
         Args:
-            batch: The batch, as ``loss_fn`` receives it (tensors or arrays, any nest).
+            batch: The batch, as ``loss_fn`` / the step receives it (tensors or arrays, any
+                nest), or None for a step without data.
 
         Returns:
-            ``{"loss": scalar, **extras}`` as scalar tensors (the global means over the batch).
+            The step's values (``{"loss": scalar, **extras}`` for the default step) as scalar
+            tensors (global means over the batch).
 
         Raises:
             NonFiniteError: If the loss or a gradient is not finite (``on_nonfinite="raise"``).
         """
-        batch = tf.nest.map_structure(tf.convert_to_tensor, batch)
-        spec = _data.relaxed_spec(tf.nest.map_structure(tf.TensorSpec.from_tensor, batch))
+        spec = None
+        if batch is not None:
+            batch = tf.nest.map_structure(tf.convert_to_tensor, batch)
+            spec = _data.relaxed_spec(tf.nest.map_structure(tf.TensorSpec.from_tensor, batch))
         self._ensure_ready(spec)
-        if self._steps.replicas > 1:
-            return self._run(self._steps.batch_fn, self._steps.split_batch(batch))
-        key = tf.nest.flatten(spec), tf.nest.map_structure(lambda _: None, spec)
-        key = repr(key)
-        fn = self._step_fns.get(key)
-        if fn is None:
-            fn = self._step_fns[key] = tf.function(self._steps._train_batch, input_signature=[spec])
-        return self._run(fn, batch)
+        fn = self._steps.batch_function(spec)
+        if self._steps.replicas > 1 and batch is not None:
+            batch = self._steps.split_batch(batch)
+        return run_guarded(fn, (batch,), self._steps, self._checkpoints)
 
     def evaluate(
         self, data: Any, *, batch_size: int | None = None, steps: int | None = None
@@ -346,15 +312,18 @@ class Trainer:
 
         Returns:
             ``{"loss": float, **extras, **metrics}``, means over all examples.
+
+        Raises:
+            ValueError: If the Trainer has no ``loss_fn`` (a custom step without one).
         """
+        if self._call is None:
+            raise ValueError(
+                "evaluate (and validation_data) need a loss_fn, but this Trainer runs a custom "
+                "step only. Pass Trainer(..., step=..., loss_fn=eval_loss) to evaluate with it."
+            )
         ds = _data.as_dataset(data, batch_size=batch_size, argument="data")
         self._ensure_ready(ds.element_spec)
-        steps = _data.steps_per_epoch(ds, steps, 1)
-        self._steps.eval_means.reset()
-        self._call.reset_metrics()
-        iterator = iter(_data.distribute(ds, self.strategy))
-        self._steps.eval_fn(iterator, tf.constant(steps, tf.int64))
-        return {**self._steps.eval_means.result(), **self._call.metric_results()}
+        return self._steps.evaluate(ds, _data.steps_per_epoch(ds, steps, 1))
 
     def fit(
         self,
@@ -370,8 +339,13 @@ class Trainer:
     ) -> History:
         """Train until ``epochs`` epochs are complete (counting epochs done before a resume).
 
+        A ``fit`` continues where the last one stopped (returned, raised, or was killed and
+        resumed from ``checkpoint_dir``): at the same step and the next example of the data, so
+        ``fit(epochs=1)`` then ``fit(epochs=3)`` equals one ``fit(epochs=3)``.
+
         Args:
-            data: A batched ``tf.data.Dataset``, or arrays / a tuple or dict of arrays.
+            data: A batched ``tf.data.Dataset``, arrays / a tuple or dict of arrays, or None
+                for a step that makes its own data (with ``steps_per_epoch``).
             epochs: The epoch to stop after (a run resumed at epoch 3 of 10 runs 7 more).
             batch_size: Batch size for array data.
             steps_per_epoch: Optimizer steps per epoch (default: one pass over ``data``).
@@ -386,16 +360,40 @@ class Trainer:
         Raises:
             NonFiniteError: On a non-finite loss or gradient (``on_nonfinite="raise"``).
             CheckpointError: If ``checkpoint_dir`` holds checkpoints none of which is readable.
+            ValueError: If the data is empty, runs out, or differs mid-epoch from the data the
+                saved position was recorded for.
             OSError: If ``logdir`` is not writable (before any training).
         """
-        return run_fit(
-            self,
-            data,
-            epochs=epochs,
-            batch_size=batch_size,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=validation_data,
-            validation_batch_size=validation_batch_size,
-            shuffle=shuffle,
-            verbose=verbose,
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"fit needs epochs >= 1 (an int), got {epochs!r}.")
+        plan = self._loop.plan(
+            data, batch_size=batch_size, steps_per_epoch=steps_per_epoch, shuffle=shuffle
         )
+        self._ensure_ready(None if plan[0] is None else plan[0].element_spec)
+        validation = None
+        if validation_data is not None:
+            val_ds = _data.as_dataset(
+                validation_data,
+                argument="validation_data",
+                batch_size=_data.validation_batch_size(
+                    validation_data, validation_batch_size, batch_size
+                ),
+            )
+            val_steps = _data.steps_per_epoch(val_ds, None, 1)
+            validation = lambda: self.evaluate(val_ds, steps=val_steps)  # noqa: E731
+        history = History()
+        printing = verbose and is_chief(self.strategy)  # one console for the whole cluster
+        cbs = [history, *self.callbacks] + ([ProgressPrinter(epochs)] if printing else [])
+        self.stop_training = False
+        self._loop.run(
+            plan,
+            epochs=epochs,
+            callbacks=CallbackList(cbs, self),
+            validation=validation,
+            checkpoints=self._checkpoints,
+            checkpoint_every=self._ckpt_every,
+            hook=self._hook,
+            guard=lambda fn, *args: run_guarded(fn, args, self._steps, self._checkpoints),
+            should_stop=lambda: self.stop_training,
+        )
+        return history

@@ -1,0 +1,152 @@
+"""Benchmark: a user-written step (recipe 08's WGAN-GP) through Trainer.fit vs hand-written loops.
+
+One step = 5 critic updates with the gradient penalty (a gradient of a gradient) + 1 generator
+update, batch 256, two Adam optimizers, samples and noise from a seeded ``tf.random.Generator``.
+Configurations, all in one process and interleaved over ``--rounds`` rounds (best kept: other
+jobs share the CPUs, the minimum is the least disturbed run):
+
+* hand-written, one ``tf.function`` call per step (the usual custom loop);
+* hand-written, ``--steps`` steps inside one ``tf.function`` (a ``tf.range`` loop);
+* ``Trainer.fit(None, steps_per_epoch=...)`` with the same step, logging off (the default
+  ``steps_per_execution``: up to 64 steps per call), and with logging on.
+
+The last line compares ``Trainer.fit`` (logging off) with the FASTER of the two hand loops.
+Target (issue 11): <= 1.05.
+
+    python benchmarks/custom_step.py             # about a minute
+    python benchmarks/custom_step.py --rounds 3  # quicker, noisier
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tapekit  # noqa: E402
+
+BATCH, CRITIC_STEPS, PENALTY = 256, 5, 10.0
+
+
+def _recipe():
+    path = Path(__file__).resolve().parent.parent / "recipes" / "08_gradient_penalty.py"
+    spec = importlib.util.spec_from_file_location("recipe_08", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+R08 = _recipe()
+
+
+def _models() -> tuple[keras.Model, keras.Model]:
+    keras.utils.set_random_seed(0)
+    return R08.mlp(2, "generator"), R08.mlp(1, "critic")
+
+
+def _adam() -> keras.optimizers.Optimizer:
+    return keras.optimizers.Adam(1e-3, beta_1=0.5, beta_2=0.9)
+
+
+def hand_step() -> tuple[Callable[[], None], Callable[[tf.Tensor], None]]:
+    """The step written by hand: ``(one_step, many_steps)``, both compiled."""
+    generator, critic = _models()
+    g_opt, c_opt = _adam(), _adam()
+    rng = tf.random.Generator.from_seed(0)
+    input_gradient = tapekit.grad(lambda x: tf.reduce_sum(critic(x)))
+
+    def step() -> None:
+        for _ in range(CRITIC_STEPS):
+            real = R08.real_samples(BATCH, rng)
+            fake = generator(rng.normal((BATCH, 2)))
+            eps = rng.uniform((BATCH, 1))
+            x_hat = eps * real + (1 - eps) * fake
+            with tf.GradientTape() as tape:
+                wasserstein = tf.reduce_mean(critic(real)) - tf.reduce_mean(critic(fake))
+                norms = tf.norm(input_gradient(x_hat), axis=1)
+                loss = -wasserstein + PENALTY * tf.reduce_mean((norms - 1.0) ** 2)
+            grads = tape.gradient(loss, critic.trainable_variables)
+            c_opt.apply(grads, critic.trainable_variables)
+        with tf.GradientTape() as tape:
+            g_loss = -tf.reduce_mean(critic(generator(rng.normal((BATCH, 2)))))
+        grads = tape.gradient(g_loss, generator.trainable_variables)
+        g_opt.apply(grads, generator.trainable_variables)
+
+    one = tf.function(step)
+
+    @tf.function
+    def many(n: tf.Tensor) -> None:
+        for _ in tf.range(n):
+            step()
+
+    return one, many
+
+
+def trainer_fit(**kw) -> tapekit.Trainer:
+    kw.setdefault("logdir", False)
+    generator, critic = _models()
+    return tapekit.Trainer(
+        models={"generator": generator, "critic": critic},
+        step=R08.make_step(BATCH, CRITIC_STEPS, PENALTY),
+        optimizers={"generator": _adam(), "critic": _adam()},
+        seed=0,
+        **kw,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved repetitions")
+    parser.add_argument("--steps", type=int, default=128, help="steps per measurement")
+    args = parser.parse_args(argv)
+    steps = args.steps
+    one, many = hand_step()
+    n = tf.constant(steps, tf.int64)
+    off, on = trainer_fit(), trainer_fit(logdir=tempfile.mkdtemp(prefix="tapekit-bench-"))
+
+    def run_one() -> None:
+        for _ in range(steps):
+            one()
+
+    def fit(trainer: tapekit.Trainer) -> Callable[[], None]:
+        return lambda: trainer.fit(None, steps_per_epoch=steps, epochs=trainer.epoch + 1, verbose=0)
+
+    runners = {
+        "hand-written, tf.function per step": run_one,
+        "hand-written, tf.range loop in one call": lambda: many(n),
+        "Trainer.fit, custom step, logging off": fit(off),
+        "Trainer.fit, custom step, logging on": fit(on),
+    }
+    for run in runners.values():
+        run()  # warm-up: tracing
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) / steps * 1e3)
+    best = {name: min(t) for name, t in times.items()}
+    hand = min(
+        best["hand-written, tf.function per step"], best["hand-written, tf.range loop in one call"]
+    )
+    print(
+        f"WGAN-GP step: {CRITIC_STEPS} critic updates (gradient penalty) + 1 generator update, "
+        f"batch {BATCH}; best of {args.rounds} rounds of {steps} steps"
+    )
+    print(f"{'configuration':42s} {'ms/step':>8s} {'vs hand':>8s}")
+    for name, ms in best.items():
+        print(f"{name:42s} {ms:8.3f} {ms / hand:8.2f}")
+    print(f"custom step / hand-written: {best['Trainer.fit, custom step, logging off'] / hand:.2f}")
+
+
+if __name__ == "__main__":
+    main()

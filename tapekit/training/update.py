@@ -1,0 +1,224 @@
+"""One named optimizer and the variables it trains: gradients, checks, clipping and the update.
+
+Every optimizer update of a Trainer, the default ``loss_fn`` step's and each ``ctx.apply`` of a
+user-written step alike, goes through :class:`OptimizerUpdate`:
+
+1. ``gradients(loss, tape, weight)`` (replica context): the gradient of ``loss`` times the
+   replica's ``weight`` (its share of the global step) and, under float16 loss scaling, the
+   dynamic loss scale (passed as ``output_gradients``, so the user's tape needs no change). A
+   trainable variable that gets no gradient is an error naming it (``allow_unused`` permits it).
+2. ``apply(grads, loss)`` (replica context): with clipping and several replicas the gradient
+   is all-reduced here and clipped (Keras 3's TF optimizers always sum over replicas in
+   ``apply``, so the clipped aggregate is handed on divided by the replica count); the
+   replicas agree on "finite" in one small collective. Then one ``merge_call`` enters
+   cross-replica context, where the update runs under ``strategy.run``: unconditionally but
+   waiting for a ``tf.debugging.Assert`` (``on_nonfinite="raise"``; the host turns its failure
+   into :class:`tapekit.NonFiniteError`), or inside ``tf.cond(finite, apply, skip)`` (``"skip"``;
+   a synchronising update cannot sit in a ``tf.cond`` in replica context, hence the merge).
+   Under float16 loss scaling the ``LossScaleOptimizer`` decides itself; a replica whose local
+   gradient overflowed makes every replica's gradient non-finite first, so all of them skip.
+
+``apply`` returns a boolean token (was the update applied); the step waits on all tokens before
+it advances the counters, and keeps the last gradient per optimizer for the logging hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from ..errors import DisconnectedGradientError
+from .distribution import first_local
+from .state import Diagnostics
+
+__all__ = ["NONFINITE_MARK", "OptimizerUpdate"]
+
+NONFINITE_MARK = "tapekit-nonfinite-step"
+_SUM = tf.distribute.ReduceOp.SUM
+
+
+class OptimizerUpdate:
+    """Applies one optimizer to its variables from inside a compiled step (see module doc).
+
+    Args:
+        name: The optimizer's name (the model it trains), used in tags and messages.
+        index: Its position among the Trainer's optimizers (for the non-finite diagnostics).
+        optimizer: A built Keras optimizer (possibly a ``LossScaleOptimizer``).
+        variables: The trainable variables it updates.
+        names: Their readable names, same order.
+        strategy: The Trainer's distribution strategy.
+        diagnostics: Where a failing update records what was not finite.
+        step: The Trainer's step counter (read only).
+        clip_norm: Clip the aggregated gradient to this global norm.
+        clip_value: Clip each aggregated gradient element to ``[-clip_value, clip_value]``.
+        on_nonfinite: ``"raise"`` or ``"skip"``.
+        allow_unused: Allow variables that get no gradient.
+        source: The user function's name, for messages.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        index: int,
+        optimizer: keras.optimizers.Optimizer,
+        variables: Sequence[Any],
+        names: Sequence[str],
+        *,
+        strategy: tf.distribute.Strategy,
+        diagnostics: Diagnostics,
+        step: tf.Variable,
+        clip_norm: float | None,
+        clip_value: float | None,
+        on_nonfinite: str,
+        allow_unused: bool,
+        source: str,
+    ) -> None:
+        self.name, self.index, self.optimizer = name, index, optimizer
+        self.variables, self.names = list(variables), list(names)
+        self.strategy, self.diagnostics, self.step = strategy, diagnostics, step
+        self.clip_norm, self.clip_value = clip_norm, clip_value
+        self.on_nonfinite, self.allow_unused, self.source = on_nonfinite, allow_unused, source
+        self.replicas = strategy.num_replicas_in_sync
+        self.loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        self.aggregate = self.replicas > 1 and (clip_norm is not None or clip_value is not None)
+        self.last_grads: Any = None  # trace-time: the newest applied gradient (per replica)
+        self.tokens: list[tf.Tensor] = []  # trace-time: one per apply of the current step
+        self.probing = False  # while the step is traced only to check it: apply nothing
+
+    # -- replica side ------------------------------------------------------------------------
+
+    def gradients(self, loss: tf.Tensor, tape: tf.GradientTape, weight: Any = None) -> list:
+        """``d(weight * loss)/d(variables)``, loss-scaled; ``None`` only for allowed unused ones.
+
+        Raises:
+            DisconnectedGradientError: If a variable gets no gradient (and not allow_unused).
+        """
+        loss = tf.convert_to_tensor(loss)
+        factor = None if weight is None else tf.cast(weight, loss.dtype)
+        if self.loss_scaled:
+            scale = tf.cast(self.optimizer.dynamic_scale, loss.dtype)
+            factor = scale if factor is None else factor * scale
+        grads = tape.gradient(loss, self.variables, output_gradients=factor)
+        missing = [n for n, g in zip(self.names, grads) if g is None]
+        if missing and not self.allow_unused:
+            raise DisconnectedGradientError(
+                f"Trainer: every trainable variable needs a gradient, but {len(missing)} of "
+                f"optimizer '{self.name}' received none from `{self.source}` at the first step: "
+                f"{', '.join(missing)}. Use them in the loss, make them non-trainable "
+                "(layer.trainable = False / tf.Variable(..., trainable=False)), or pass "
+                "allow_unused=True.",
+                [(n, "not used by the loss") for n in missing],
+            )
+        return list(grads)
+
+    def apply(self, grads: Sequence[Any], loss: tf.Tensor | None = None) -> tf.Tensor:
+        """Check, clip and apply a replica's gradient share (see module doc); returns a token."""
+        if len(grads) != len(self.variables):
+            raise ValueError(
+                f"ctx.apply('{self.name}', grads) needs one gradient per variable of that "
+                f"optimizer ({len(self.variables)}), but received {len(grads)}. Pass the list "
+                f"ctx.gradients('{self.name}', loss, tape) returns."
+            )
+        keep = [i for i, g in enumerate(grads) if g is not None]
+        grads = [grads[i] for i in keep]
+        if self.probing:
+            return tf.constant(True)
+        ctx = tf.distribute.get_replica_context()
+        if self.aggregate:
+            grads = ctx.all_reduce(_SUM, grads)
+        loss_ok = tf.constant(True) if loss is None else tf.math.is_finite(loss)
+        local_ok = self._all_finite(grads) if self.loss_scaled else None
+        grads, grads_ok = self._check_and_clip(grads)
+        if self.replicas > 1:  # one small collective: every replica takes the same decision
+            flags = tf.stack([local_ok if self.loss_scaled else grads_ok, loss_ok])
+            bad = ctx.all_reduce(_SUM, 1.0 - tf.cast(flags, tf.float32))
+            grads_agreed, loss_ok = tf.equal(bad[0], 0.0), tf.equal(bad[1], 0.0)
+            if not self.loss_scaled:
+                grads_ok = grads_agreed
+            elif not self.aggregate:  # see module doc: all replicas must skip together
+                grads = tf.cond(
+                    grads_agreed, lambda: grads, lambda: [g + float("nan") for g in grads]
+                )
+        finite = tf.logical_and(grads_ok, loss_ok)
+        token = ctx.merge_call(self._cross_apply, args=(grads, finite, loss_ok, tuple(keep)))
+        self.tokens.append(token)
+        return token
+
+    @staticmethod
+    def _all_finite(grads: list[tf.Tensor]) -> tf.Tensor:
+        if not grads:
+            return tf.constant(True)
+        return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+
+    def _check_and_clip(self, grads: list[tf.Tensor]) -> tuple:
+        if self.loss_scaled:  # LossScaleOptimizer skips non-finite gradients itself
+            finite, norm, scale = tf.constant(True), None, self.optimizer.dynamic_scale
+        else:
+            norm, scale = tf.linalg.global_norm(grads), None
+            finite = tf.math.is_finite(norm)
+        if self.clip_norm is not None:
+            limit = self.clip_norm * scale if scale is not None else self.clip_norm
+            grads, _ = tf.clip_by_global_norm(grads, limit, use_norm=norm)
+        if self.clip_value is not None:
+            limit = self.clip_value * scale if scale is not None else self.clip_value
+            grads = [tf.clip_by_value(g, -limit, limit) for g in grads]
+        return grads, finite
+
+    def _apply_local(self, grads: list[tf.Tensor], keep: tuple, after: Sequence[Any]) -> None:
+        # Every op of the update waits for `after` (set here: replica functions may run in
+        # threads of their own, which do not see the caller's control dependencies).
+        with tf.control_dependencies(after):
+            if self.aggregate:
+                grads = [g / self.replicas for g in grads]
+            self.optimizer.apply(grads, [self.variables[i] for i in keep])
+
+    # -- cross-replica side (inside merge_call) ------------------------------------------------
+
+    def _cross_apply(
+        self,
+        strategy: tf.distribute.Strategy,
+        grads: list[Any],
+        finite: Any,
+        loss_ok: Any,
+        keep: tuple,
+    ) -> tf.Tensor:
+        self.last_grads = (grads, keep)
+        finite, loss_ok = first_local(strategy, (finite, loss_ok))
+
+        def run(after: Sequence[Any] = ()) -> tf.Tensor:
+            strategy.run(self._apply_local, args=(grads, keep, after))
+            return tf.constant(True)
+
+        if self.on_nonfinite == "skip":
+            return tf.cond(finite, run, lambda: tf.constant(False))
+
+        def record() -> tf.Tensor:
+            local = first_local(strategy, grads)
+            flags = [tf.constant(True)] * len(self.variables)
+            for i, g in zip(keep, local):
+                flags[i] = tf.reduce_all(tf.math.is_finite(g))
+            self.diagnostics.record(self.step, self.index, loss_ok, tf.stack(flags))
+            return tf.constant(False)
+
+        # "raise": a non-finite update is not applied and its diagnostics are recorded; the
+        # step raises (an Assert on every token) after the logging hook wrote its values.
+        return tf.cond(finite, run, record)
+
+    def logged_gradients(self) -> tuple[list[tf.Tensor], list[Any]]:
+        """The newest applied gradient, aggregated and unscaled, with its variables.
+
+        Called in cross-replica context on logging steps only (it all-reduces under a
+        strategy whose update did not aggregate already).
+        """
+        grads, keep = self.last_grads
+        if self.replicas > 1 and not self.aggregate:
+            grads = self.strategy.run(
+                lambda g: tf.distribute.get_replica_context().all_reduce(_SUM, g), args=(grads,)
+            )
+        grads = first_local(self.strategy, grads)
+        if self.loss_scaled:
+            grads = [g / self.optimizer.dynamic_scale for g in grads]
+        return list(grads), [self.variables[i] for i in keep]
