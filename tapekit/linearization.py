@@ -14,8 +14,9 @@ from typing import Any
 import tensorflow as tf
 
 from . import _args
+from ._tangents import flatten_like as _flatten_like
+from ._tangents import match_dtype_shape as _match_dtype_shape
 from ._tensors import split_aux
-from .jacobians import _flatten_like, _match_dtype_shape
 
 __all__ = ["linearize"]
 
