@@ -109,6 +109,25 @@ def test_closure_tensor_rebound_in_the_enclosing_scope():
     np.testing.assert_allclose(h(X2), 10.0 * np.eye(2))
 
 
+class _Scaled:
+    def __init__(self, s: float) -> None:
+        self.s = tf.constant(s)
+
+    def loss(self, x):
+        return self.s * tf.reduce_sum(x**2)
+
+
+def test_an_attribute_rebound_on_the_object_of_a_method_or_closure_is_seen():
+    obj = _Scaled(1.0)
+    by_method = tk.hessian(obj.loss)
+    by_closure = tk.hessian(lambda x: obj.s * tf.reduce_sum(x**2))
+    for h in (by_method, by_closure):
+        np.testing.assert_allclose(h(X2), 2.0 * np.eye(2))
+    obj.s = tf.constant(4.0)  # a new tensor on the same object: both must answer with it
+    for h in (by_method, by_closure):
+        np.testing.assert_allclose(h(X2), 8.0 * np.eye(2))
+
+
 def test_a_rebuilt_global_keras_model_gives_its_own_hessian():
     global net
     answers = []
