@@ -208,6 +208,8 @@ def _first_cut(starts: list[tf.Tensor], below: set, reads: dict) -> tuple[str, d
                 frontier.extend((c, o) for o in op.outputs for c in o.consumers())
             continue
         verdict = _op_verdict(op, via)
+        if verdict == "none":
+            return "no_gradient_op", {"op": op.type}
         if verdict == "cut":
             return "no_input_gradient", {"op": label}
         if verdict == "pass":
@@ -216,13 +218,14 @@ def _first_cut(starts: list[tf.Tensor], below: set, reads: dict) -> tuple[str, d
 
 
 def _op_verdict(op: Any, via: tf.Tensor) -> str:
-    """``"pass"`` (the gradient flows), ``"stop"`` (no gradient by design) or ``"cut"``."""
+    """``"pass"`` (the gradient flows), ``"stop"`` (no gradient by design), ``"cut"`` (none
+    for this input) or ``"none"`` (no gradient registered for the op)."""
     if op.outputs and not any(_tensors.is_float(o) for o in op.outputs):
         return "stop"  # an integer result (tf.argmax, an integer cast): no gradient by design
     try:
         grad_fn = _ops.get_gradient_function(op)
     except LookupError:
-        return "cut"  # no registered gradient at all (the tape raises for this itself)
+        return "none"  # no registered gradient at all (the tape raises for this itself)
     if grad_fn is None:
         return "stop"  # registered as not differentiable (tf.stop_gradient and the like)
     try:

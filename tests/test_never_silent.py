@@ -269,6 +269,28 @@ def test_op_without_registered_gradient_is_also_a_lookup_error():
         tk.grad(f)(x)
     with pytest.raises(DisconnectedGradientError):
         tk.grad(f)(x)
+    g = lambda x: tf.unique(x)[0] * 2.0  # noqa: E731
+    for run in (
+        lambda: tk.jacobian(g)(x),
+        lambda: tk.jacobian(g, compile=False)(x),
+        lambda: tk.hessian(f)(x),
+        lambda: tk.jvp(g, (x,), (x,)),
+        lambda: tk.vjp(g, x),
+    ):
+        with pytest.raises(LookupError, match=r"Unique") as info:
+            run()
+        assert isinstance(info.value, DisconnectedGradientError)
+        assert causes(info) == ["no_gradient_op"]
+
+
+def test_the_vectorization_warning_gives_the_reason_without_autographs_frames():
+    from tapekit import _vectorize
+
+    exc = ValueError(
+        'in user code:\n\n    File "/x.py", line 3, in f  *\n        return g(x)\n\n'
+        "    ValueError: Attempted to stack a variant-dtype tensor (in pfor)\n"
+    )
+    assert _vectorize._reason(exc) == "Attempted to stack a variant-dtype tensor"
 
 
 def test_by_design_zero_gradients_stay_zero_as_in_jax():
