@@ -21,7 +21,6 @@ from .errors import describe_received
 
 __all__ = ["per_example_grad_norms", "per_example_grads", "vmap"]
 
-_ZERO = tf.UnconnectedGradients.ZERO
 _INSTANCES = itertools.count()  # a unique cache key per per_example_grads function
 
 
@@ -196,7 +195,7 @@ def _per_example(
             if norms:  # dense layers without their per-example gradient matrices
                 new_ops = graph.get_operations()[start:] if graph is not None else []
                 return _norms.example_norm(tape, loss, sources, new_ops)
-            grads = tape.gradient(loss, sources, unconnected_gradients=_ZERO)
+            grads = tape.gradient(loss, sources, unconnected_gradients=_tensors.ZERO)
             return [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices from tf.gather
 
         out = _mapping.map_call(

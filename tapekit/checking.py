@@ -19,7 +19,6 @@ from .errors import describe_received
 
 __all__ = ["check_grads"]
 
-_ZERO = _tensors.ZERO
 _MAX_ELEMENTS = 200_000
 
 # Default tolerances by the dtype the analytic derivatives are computed in (compared with float64
@@ -44,7 +43,7 @@ def _rev(g: Flat) -> Flat:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(leaves)
             y = g(leaves)
-        blocks = tape.jacobian(y, leaves, unconnected_gradients=_ZERO)
+        blocks = tape.jacobian(y, leaves, unconnected_gradients=_tensors.ZERO)
         n_out = int(y.shape[0])
         blocks = [tf.cast(tf.reshape(b, [n_out, -1]), y.dtype) for b in blocks]  # mixed dtypes
         return tf.reshape(tf.concat(blocks, axis=1), [-1])
@@ -62,7 +61,7 @@ def _fwd(g: Flat) -> Flat:
                 tangents[j] = tf.reshape(tf.one_hot(e, size, dtype=leaf.dtype), leaf.shape)
                 with tf.autodiff.ForwardAccumulator(leaves, tangents) as acc:
                     y = g(leaves)
-                cols.append(acc.jvp(y, unconnected_gradients=_ZERO))
+                cols.append(acc.jvp(y, unconnected_gradients=_tensors.ZERO))
         return tf.reshape(tf.stack(cols, axis=1), [-1])
 
     return dg

@@ -18,7 +18,6 @@ from .errors import DisconnectedGradientError
 
 __all__ = ["jvp", "vjp"]
 
-_ZERO = _tensors.ZERO
 _NONE = _tensors.NONE
 
 
@@ -89,7 +88,9 @@ def jvp(
         us = [tf.zeros_like(o) for o in flat_out]
         with tf.GradientTape(watch_accessed_variables=False) as outer:
             outer.watch(us)
-            gs = inner.gradient(flat_out, watch, output_gradients=us, unconnected_gradients=_ZERO)
+            gs = inner.gradient(
+                flat_out, watch, output_gradients=us, unconnected_gradients=_tensors.ZERO
+            )
             gs = [_tensors.dense(g) for g in gs]
         flat_t = outer.gradient(gs, us, output_gradients=tans, unconnected_gradients=_NONE)
         return out, flat_t, aux
