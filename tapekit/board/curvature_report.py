@@ -133,9 +133,9 @@ def curvature_findings(
         ...         "learning_rate": S(steps=[100], values=[0.1]),
         ...         "update_ratio/dense/kernel": S(steps=[100], values=[0.4])}
         >>> for kind, text in curvature_findings(runs):
-        ...     print(kind, text[:62])
-        NOTE sharpness 19.6 at step 100 is 0.98 x 2/learning_rate = 20: a
-        WARNING update_ratio/dense/kernel: exploding update ratio |dw|/|w| = 0
+        ...     print(kind, text)
+        NOTE sharpness 19.6 at step 100 is 0.98 x 2/learning_rate = 20: at the edge of stability...
+        WARNING update_ratio/dense/kernel: exploding update ratio |dw|/|w| = 0.4 at step 100...
     """
     return [
         *_edge(scalars, edge_tolerance),
