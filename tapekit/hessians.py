@@ -98,9 +98,10 @@ def hessian(
             mode) or ``"auto"`` (currently ``"rev"``, the faster of the two on CPU). Both give
             the same matrix up to rounding.
         compile: Run in a ``tf.function`` cached per ``fn``, options and input shapes/dtypes
-            (default). ``False`` runs ``fn`` eagerly. As with ``tf.function``, Python values
-            ``fn`` reads from its closure or attributes are fixed when it is traced (tensors
-            and variables are read at each call); pass changing numbers as arguments.
+            (default). ``False`` runs ``fn`` eagerly. Tensors and variables are read at each
+            call, and a closure or global name of ``fn`` rebound to another object is traced
+            again; Python values read through attributes are fixed when it is traced, as with
+            ``tf.function``: pass changing numbers as arguments.
         jit_compile: Compile with XLA as well.
         chunk_size: Compute at most this many rows at once (bounds memory for large inputs).
         has_aux: If True, ``fn`` returns ``(value, aux)`` and the new function returns

@@ -196,9 +196,10 @@ def jacobian(
             input), ``"fwd"`` (Jacobian-vector products, best for few inputs) or ``"auto"``,
             which picks forward mode when the input has fewer elements than the output. Where
             TensorFlow cannot run ``fn`` in forward mode (e.g. ``tf.map_fn``), reverse is used.
-        compile: Run in a cached ``tf.function`` (default). ``False`` runs ``fn`` eagerly. As
-            with ``tf.function``, Python values ``fn`` reads from its closure or attributes are
-            fixed when it is traced (tensors and variables are read at each call).
+        compile: Run in a cached ``tf.function`` (default). ``False`` runs ``fn`` eagerly.
+            Tensors and variables are read at each call, and a closure or global name of ``fn``
+            rebound to another object is traced again; Python values read through attributes
+            are fixed when it is traced, as with ``tf.function``.
         jit_compile: Compile with XLA as well.
         chunk_size: Compute at most this many rows/columns at once (bounds memory for large
             Jacobians); ``None`` computes them all at once.

@@ -448,3 +448,13 @@ def test_batch_jacobian_is_the_diagonal_blocks_of_jacobian():
             np.testing.assert_allclose(blocks[b], full[b, :, b, :], rtol=1e-5)
             for other in set(range(4)) - {b}:
                 assert not np.any(full[b, :, other, :])  # off-diagonal blocks really are zero
+
+
+def test_assigning_the_differentiated_variable_itself_is_not_a_cut():
+    v = tf.Variable(2.0)
+
+    def f(x):
+        v.assign(3.0)  # the read below is a read of v itself
+        return v * x
+
+    assert float(tk.grad(f, variables=[v])(tf.constant(5.0))[v.name]) == 5.0
