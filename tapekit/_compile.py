@@ -261,6 +261,10 @@ _NEW_FUNCTIONS: dict[Any, int] = {}  # code object -> function objects compiled 
 
 def _count_new_function(fn: Callable, transform: str) -> None:
     """Warn once when many function objects of the same code (a lambda in a loop) are compiled."""
+    while (getattr(fn, "__module__", None) or "").startswith("tapekit.") and hasattr(
+        fn, "__wrapped__"
+    ):  # vmap(grad(f)): count the user's f, not tapekit's grad_fn shared by every grad
+        fn = fn.__wrapped__
     code = getattr(getattr(fn, "__func__", fn), "__code__", None)
     if code is None:
         return

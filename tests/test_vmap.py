@@ -417,3 +417,13 @@ def test_variables_passed_as_arguments_are_read_at_each_call():
     np.testing.assert_allclose(f(x, v2), [[4.0, 7.0]] * 2)
     g = tapekit.vmap(tapekit.grad(lambda v, a: tf.reduce_sum(v**2 * a)), in_axes=(None, 0))
     np.testing.assert_allclose(g(v2, x), [[6.0, 10.0]] * 2)
+
+
+def test_no_retracing_warning_for_many_distinct_functions_under_grad():
+    """vmap(grad(f)) for many different f: tapekit's grad_fn code is shared, the f are not."""
+    x = tf.ones([2, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", _compile.RetracingWarning)
+        for k in range(_compile.RETRACE_WARNING + 3):
+            f = eval(f"lambda w: tf.reduce_sum(w ** 2) * {k}.0")  # a new code object each time
+            np.testing.assert_allclose(tapekit.vmap(tapekit.grad(f))(x), 2 * k * np.ones([2, 2]))
