@@ -136,6 +136,7 @@ class _Entry:
         self.captured_ids: tuple[int, ...] | None = None
         self.held: tuple = ()
         self.generation = 0
+        self.variables: collections.OrderedDict[int, tf.Variable] = collections.OrderedDict()
         self.warned = False
 
     def __call__(self, spec: Any, flat: list[tf.Tensor], opaque: tuple) -> Any:
@@ -146,7 +147,18 @@ class _Entry:
             self.captured_ids = ids
             self.held = captured  # alive, so that a new object cannot reuse one of these ids
             self.generation += 1
-        spec = (spec, self.generation)
+        # A variable argument is traced by its identity: tf.function traces variables by shape
+        # and dtype only, and a trace in which the argument is also read through fn's closure
+        # (a model's own weight) maps both reads to one input, which a later call with another
+        # variable would then feed to both (a silently wrong answer).
+        variable_ids = tuple(id(v) for v in opaque if isinstance(v, tf.Variable))
+        for v in opaque:
+            if isinstance(v, tf.Variable):
+                self.variables[id(v)] = v  # alive while its trace may be reused: no id reuse
+                self.variables.move_to_end(id(v))
+        while len(self.variables) > _STRONG_MAX:
+            self.variables.popitem(last=False)
+        spec = (spec, self.generation, variable_ids)
         if not tf.executing_eagerly():
             out = self.function(spec, opaque, *flat)
             self._check_retracing()

@@ -458,3 +458,18 @@ def test_assigning_the_differentiated_variable_itself_is_not_a_cut():
         return v * x
 
     assert float(tk.grad(f, variables=[v])(tf.constant(5.0))[v.name]) == 5.0
+
+
+def test_a_variable_argument_also_read_through_the_closure_is_not_aliased_later():
+    # The first trace sees the argument and the closure read as one variable; a later call with
+    # another variable of the same shape must not feed it to the closure read too.
+    v1, v2 = tf.Variable([1.0, 2.0]), tf.Variable([3.0, 5.0])
+
+    def f(v):
+        return tf.reduce_sum(v**3) + tf.reduce_sum(v1**2) * v[0]
+
+    for h in (tk.hessian(f), tk.hessian(f, mode="fwd"), tk.jacobian(tk.grad(f))):
+        # f(v1) = Σv³ + (Σv²)·v0 in v = v1; f(v2) = Σv³ + const·v0 (v1 is another variable)
+        np.testing.assert_allclose(h(v1), [[12.0, 4.0], [4.0, 14.0]])
+        np.testing.assert_allclose(h(v2), [[18.0, 0.0], [0.0, 30.0]])
+        np.testing.assert_allclose(h(v1), [[12.0, 4.0], [4.0, 14.0]])
