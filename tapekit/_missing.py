@@ -1,19 +1,21 @@
-"""A gradient the transforms could not get: a documented zero, or an error naming the cut.
+"""A derivative the transforms cannot compute: a documented zero, or an error naming the cut.
 
 TensorFlow answers ``None`` both for an input the output does not use and for a path it cannot
-differentiate. The transforms ask their tapes with ``UnconnectedGradients.NONE`` and, only when
-an answer is ``None``, decide which of the two it is from the graph of the computation: inside a
-graph (a compiled transform, or the user's ``tf.function``) the graph at hand is walked at trace
-time; for an eager call ``fn`` is traced once more into a graph (nothing runs), and the verdict
-for an input that is really unused is cached per function and input signature. A path is cut by
+differentiate, and where a cut path sits next to a differentiable one it silently leaves out a
+term (forward mode even gives zeros). So every transform checks the graph of its computation
+for cuts: inside a graph (a compiled transform, or the user's ``tf.function``) the graph at hand
+is walked once per trace; for an eager call ``fn`` is traced once more into a graph (nothing
+runs; Python side effects of ``fn`` do happen once more) and the verdict is cached per function,
+input signature and captured objects. A path is cut by
 
 - NumPy: ``.numpy()`` or an ``np.*`` function on a tensor (the trace fails on it);
 - an op whose gradient TensorFlow leaves undefined for that input (``tf.math.zeta`` w.r.t. ``x``,
   ``tf.math.betainc`` w.r.t. ``a``), while it defines it for another input;
-- an assignment (``v.assign_add(x)``) to a variable that the output then reads.
+- an op with no registered gradient at all;
+- an assignment (``v.assign_add(x)``) to a variable that the output reads afterwards.
 
 Ops that pass no gradient by design (``tf.stop_gradient``, ``tf.round``, integer results) and
-plainly unused inputs give zeros. Nothing here runs when every gradient exists.
+plainly unused inputs give zeros (the callers turn ``None`` into zeros when nothing is found).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def find(
     """The cuts on the paths from the ``missing`` sources to ``targets``.
 
     Graph targets are looked at directly; for eager ones ``retrace(missing)`` traces the
-    function into a graph (see :func:`retrace`); without it nothing is found.
+    function into a graph (see :func:`retrace`); without it nothing is found. The callers
+    turn a ``None`` gradient into a zero only when nothing is found.
     """
     if graph_of(targets) is not None:
         return cuts(targets, sources, missing)
@@ -92,25 +95,6 @@ def check_call(
     """:func:`check` for the outputs ``targets`` of a prepared call of ``fn``."""
     names = lambda: labels(fn, call.positions, call.structs)  # noqa: E731
     check(targets, call.sources, transform, names, retrace(fn, call, select))
-
-
-def fill(
-    grads: list[Any],
-    sources: list[Any],
-    targets: list[tf.Tensor],
-    transform: str,
-    *,
-    names: Callable[[], list[str]],
-    retrace: Callable[[list[int]], Found] | None = None,
-) -> list[Any]:
-    """``grads`` with each ``None`` made a zero, or the error naming what cut the path."""
-    missing = [j for j, g in enumerate(grads) if g is None]
-    if not missing:
-        return grads
-    found = find(targets, sources, missing, retrace)
-    if found:
-        raise error(transform, names(), found, sources)
-    return [_tensors.zeros_like_source(s) if g is None else g for g, s in zip(grads, sources)]
 
 
 def error(transform: str, names: list[str], found: Found, sources: list[Any]) -> Exception:
