@@ -490,3 +490,34 @@ def test_accuracy_by_name_resolves_like_keras_compile(kind):
     assert isinstance(trainer.metrics[0], expected)
     np.testing.assert_allclose(ours, theirs, rtol=1e-6)
     assert 0.0 < ours < 1.0
+
+
+@pytest.mark.parametrize("model_losses", [True, False])
+def test_regularization_losses_are_added_like_keras_fit(model_losses):
+    x, y = _data(48)
+
+    def build() -> keras.Model:
+        keras.utils.set_random_seed(2)
+        reg = keras.regularizers.L2(0.05)
+        return keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(6, activation="tanh", kernel_regularizer=reg),
+                keras.layers.Dense(1, activity_regularizer=keras.regularizers.L1(0.01)),
+            ]
+        )
+
+    trainer = tapekit.Trainer(
+        build, mse, optimizer=keras.optimizers.SGD(0.05), logdir=False, model_losses=model_losses
+    )
+    history = trainer.fit((x, y), epochs=2, batch_size=16, shuffle=False, verbose=0)
+    oracle = build()
+    if not model_losses:  # the same network without its regularizers
+        oracle = keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(1)]
+        )
+        oracle.set_weights(build().get_weights())
+    oracle.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    theirs = oracle.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    _close(trainer.get_weights(), oracle.get_weights(), 1e-6)
+    np.testing.assert_allclose(history["loss"], theirs.history["loss"], rtol=1e-5)

@@ -102,6 +102,8 @@ class LossCall:
         loss_fn: ``loss_fn(model, batch) -> loss | (loss, extras)``.
         metrics: Keras metrics to update.
         metrics_fn: Optional ``metrics_fn(model, batch) -> (y_true, y_pred)``.
+        model_losses: Add the Keras model's ``losses`` (kernel/activity regularizers,
+            ``add_loss``) to the loss, as ``keras.Model.fit`` and ``evaluate`` do.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class LossCall:
         loss_fn: Callable,
         metrics: Sequence[keras.metrics.Metric] = (),
         metrics_fn: Callable | None = None,
+        model_losses: bool = True,
     ) -> None:
         if not callable(loss_fn):
             raise TypeError(
@@ -127,6 +130,10 @@ class LossCall:
         from .model import call_arguments
 
         self._pass_training = call_arguments(loss_fn)
+        models = model.values() if isinstance(model, dict) else [model]
+        self._regularized = [m for m in models if isinstance(m, keras.layers.Layer)]
+        if not model_losses:
+            self._regularized = []
 
     def __call__(self, batch: Any, training: bool) -> tuple[tf.Tensor, dict, tuple | None]:
         """Returns ``(loss as float32 scalar, {name: float32 scalar}, (y_true, y_pred) | None)``."""
@@ -151,6 +158,9 @@ class LossCall:
         else:
             loss, extras = out, {}
         loss = self._scalar(loss, "the loss", name)
+        added = [tf.cast(v, tf.float32) for m in self._regularized for v in m.losses]
+        if added:  # read after loss_fn ran the model: add_loss values of this call are there
+            loss = loss + tf.add_n(added)
         targets = None
         if all(k in extras for k in _TARGETS):
             targets = (extras.pop("y_true"), extras.pop("y_pred"))
