@@ -404,3 +404,120 @@ def test_console_prints_one_uniform_line_per_epoch(capsys):
     assert len(lines) == 2 and all(re.fullmatch(pattern, line) for line in lines), lines
     assert lines[1].startswith("epoch 2/2 | step 10 |")
     assert format_line(0, 3, 7, {"loss": float("nan")}, None) == "epoch 1/3 | step 7 | loss nan"
+
+
+# -- data forms, metrics_fn, on_epoch_begin (issue 16) --------------------------------------------
+
+
+def test_batched_dataset_and_dict_of_arrays_train_like_arrays():
+    x, y = _data()
+    arrays = _train((x, y), epochs=2)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    dataset = tapekit.Trainer(_factory(), mse, logdir=False, seed=0)
+    dataset.fit(ds, epochs=2, verbose=0)
+
+    def dict_mse(model, batch):
+        return tf.reduce_mean((model(batch["x"], training=True) - batch["y"]) ** 2)
+
+    named = tapekit.Trainer(_factory(), dict_mse, logdir=False, seed=0)
+    named.fit({"x": x, "y": y}, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for other in (dataset, named):
+        assert other.global_step == arrays.global_step == 10
+        _close(other.get_weights(), arrays.get_weights(), 0)
+
+
+def test_metrics_fn_feeds_the_metrics_and_on_epoch_begin_is_called():
+    x, y = _data()
+    seen = []
+
+    class Begin(tapekit.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append((epoch, self.trainer.global_step))
+
+    def targets(model, batch):
+        return batch[1], model(batch[0], training=False) + 1.0  # shifted on purpose
+
+    trainer = _train((x, y), epochs=2, metrics=["mae"], metrics_fn=targets, callbacks=[Begin()])
+    assert seen == [(0, 0), (1, 5)]
+    out = trainer.evaluate((x, y), batch_size=70)
+    pred = trainer.model(x).numpy() + 1.0
+    np.testing.assert_allclose(out["mean_absolute_error"], np.abs(pred - y).mean(), rtol=1e-5)
+
+
+def test_nonfinite_gradient_with_a_finite_loss_names_the_variable():
+    params = {"w": tf.Variable(0.0), "b": tf.Variable(1.0)}
+
+    def loss_fn(p, batch):
+        return tf.sqrt(p["w"]) + tf.reduce_mean(p["b"] * batch)  # d/dw sqrt(w) at 0 is inf
+
+    trainer = tapekit.Trainer(params, loss_fn, optimizer=keras.optimizers.SGD(0.1), logdir=False)
+    with pytest.raises(tapekit.NonFiniteError, match=r"at step 0 in the gradients of w\. ") as e:
+        trainer.step(np.ones(4, "float32"))
+    assert e.value.variables == ["w"] and "the loss" not in str(e.value)
+    assert float(params["w"].numpy()) == 0.0 and float(params["b"].numpy()) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["sparse", "binary", "categorical"])
+def test_accuracy_by_name_resolves_like_keras_compile(kind):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype("float32")
+    classes = 1 if kind == "binary" else 3
+    labels = (x[:, 0] > 0).astype("int64") + (kind != "binary") * (x[:, 1] > 0.5)
+    y = {
+        "sparse": labels,
+        "binary": labels[:, None].astype("float32"),
+        "categorical": np.eye(3, dtype="float32")[labels],
+    }[kind]
+
+    def build() -> keras.Model:
+        keras.utils.set_random_seed(1)
+        act = "sigmoid" if kind == "binary" else None
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(classes, activation=act)])
+
+    def loss_fn(model, batch):
+        return tf.reduce_mean(tf.square(tf.cast(model(batch[0]), tf.float32)))  # any loss
+
+    trainer = tapekit.Trainer(build, loss_fn, metrics=["accuracy"], logdir=False)
+    ours = trainer.evaluate((x, y), batch_size=16)["accuracy"]
+    oracle = build()
+    oracle.compile(loss=lambda t, p: tf.reduce_mean(tf.square(p)), metrics=["accuracy"])
+    theirs = oracle.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)["accuracy"]
+    expected = {
+        "sparse": keras.metrics.SparseCategoricalAccuracy,
+        "binary": keras.metrics.BinaryAccuracy,
+        "categorical": keras.metrics.CategoricalAccuracy,
+    }[kind]
+    assert isinstance(trainer.metrics[0], expected)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    assert 0.0 < ours < 1.0
+
+
+@pytest.mark.parametrize("model_losses", [True, False])
+def test_regularization_losses_are_added_like_keras_fit(model_losses):
+    x, y = _data(48)
+
+    def build() -> keras.Model:
+        keras.utils.set_random_seed(2)
+        reg = keras.regularizers.L2(0.05)
+        return keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(6, activation="tanh", kernel_regularizer=reg),
+                keras.layers.Dense(1, activity_regularizer=keras.regularizers.L1(0.01)),
+            ]
+        )
+
+    trainer = tapekit.Trainer(
+        build, mse, optimizer=keras.optimizers.SGD(0.05), logdir=False, model_losses=model_losses
+    )
+    history = trainer.fit((x, y), epochs=2, batch_size=16, shuffle=False, verbose=0)
+    oracle = build()
+    if not model_losses:  # the same network without its regularizers
+        oracle = keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(1)]
+        )
+        oracle.set_weights(build().get_weights())
+    oracle.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    theirs = oracle.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    _close(trainer.get_weights(), oracle.get_weights(), 1e-6)
+    np.testing.assert_allclose(history["loss"], theirs.history["loss"], rtol=1e-5)

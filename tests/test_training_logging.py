@@ -134,3 +134,15 @@ def test_logging_disabled_writes_nothing(tmp_path, monkeypatch):
     runs = list((tmp_path / "logs").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("demo-")
     assert (runs[0] / "train").is_dir()
+
+
+def test_the_step_graph_shows_forward_backward_and_update(tmp_path):
+    trainer = tapekit.Trainer(_build, mse, logdir=tmp_path, seed=0)
+    trainer.fit(_data(), batch_size=8, verbose=0)
+    trainer.close()
+    graph = _events(tmp_path / "train").Graph()
+    names = [n.name for f in graph.library.function for n in f.node_def]
+    names += [n.name for n in graph.node]
+    for scope in ("forward/", "backward/", "update/"):
+        assert any(scope in name for name in names), scope
+    assert any("forward/" in name and "hidden" in name for name in names)  # the model's layers

@@ -9,6 +9,11 @@ need no second forward pass. If ``loss_fn`` has a ``training`` parameter it rece
 Metrics receive ``(y_true, y_pred)`` from, in this order: ``metrics_fn(model, batch)`` if given,
 the reserved extras above, or, for a batch ``(x, y, ...)`` and a callable model,
 ``(y, model(x, training=False))``.
+
+``"accuracy"`` / ``"acc"`` resolve as in ``keras.Model.compile``, from the shapes of the first
+``(y_true, y_pred)``: binary accuracy when ``y_pred`` has a last dimension of 1, sparse
+categorical accuracy when the labels are integer class ids (lower rank, or a last dimension of
+1), categorical accuracy otherwise.
 """
 
 from __future__ import annotations
@@ -25,12 +30,32 @@ from ..errors import describe_received
 __all__ = ["LossCall", "resolve_metrics"]
 
 _TARGETS = ("y_true", "y_pred")
+_ACCURACY = ("accuracy", "acc")
+
+
+class _PendingAccuracy:
+    """``"accuracy"`` until the shapes of ``(y_true, y_pred)`` are known (see module doc)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.shapes: tuple | None = None
+
+    def resolve(self) -> keras.metrics.Metric:
+        y_true, y_pred = self.shapes
+        if y_pred[-1] == 1:
+            return keras.metrics.BinaryAccuracy(name=self.name)
+        if len(y_true) < len(y_pred) or (y_true[-1] == 1 and (y_pred[-1] or 0) > 1):
+            return keras.metrics.SparseCategoricalAccuracy(name=self.name)
+        return keras.metrics.CategoricalAccuracy(name=self.name)
 
 
 def resolve_metrics(
     metrics: Sequence[Any], strategy: tf.distribute.Strategy
 ) -> list[keras.metrics.Metric]:
     """Keras metric objects from names or instances, made inside ``strategy.scope()``.
+
+    ``"accuracy"``/``"acc"`` stay pending until :meth:`LossCall.resolve_pending` knows the
+    shapes of the targets (as ``keras.Model.compile`` resolves them).
 
     Under a multi-replica strategy, instances created outside the scope are re-created inside
     it from their config (the originals are not updated).
@@ -42,6 +67,9 @@ def resolve_metrics(
     out = []
     with strategy.scope():
         for m in metrics:
+            if isinstance(m, str) and m.lower() in _ACCURACY:
+                out.append(_PendingAccuracy(m))
+                continue
             if isinstance(m, str):
                 obj = keras.metrics.get(m)
                 if not isinstance(obj, keras.metrics.Metric):
@@ -74,6 +102,8 @@ class LossCall:
         loss_fn: ``loss_fn(model, batch) -> loss | (loss, extras)``.
         metrics: Keras metrics to update.
         metrics_fn: Optional ``metrics_fn(model, batch) -> (y_true, y_pred)``.
+        model_losses: Add the Keras model's ``losses`` (kernel/activity regularizers,
+            ``add_loss``) to the loss, as ``keras.Model.fit`` and ``evaluate`` do.
     """
 
     def __init__(
@@ -82,6 +112,7 @@ class LossCall:
         loss_fn: Callable,
         metrics: Sequence[keras.metrics.Metric] = (),
         metrics_fn: Callable | None = None,
+        model_losses: bool = True,
     ) -> None:
         if not callable(loss_fn):
             raise TypeError(
@@ -99,6 +130,10 @@ class LossCall:
         from .model import call_arguments
 
         self._pass_training = call_arguments(loss_fn)
+        models = model.values() if isinstance(model, dict) else [model]
+        self._regularized = [m for m in models if isinstance(m, keras.layers.Layer)]
+        if not model_losses:
+            self._regularized = []
 
     def __call__(self, batch: Any, training: bool) -> tuple[tf.Tensor, dict, tuple | None]:
         """Returns ``(loss as float32 scalar, {name: float32 scalar}, (y_true, y_pred) | None)``."""
@@ -123,6 +158,9 @@ class LossCall:
         else:
             loss, extras = out, {}
         loss = self._scalar(loss, "the loss", name)
+        added = [tf.cast(v, tf.float32) for m in self._regularized for v in m.losses]
+        if added:  # read after loss_fn ran the model: add_loss values of this call are there
+            loss = loss + tf.add_n(added)
         targets = None
         if all(k in extras for k in _TARGETS):
             targets = (extras.pop("y_true"), extras.pop("y_pred"))
@@ -159,7 +197,21 @@ class LossCall:
             targets = (batch[1], self.model(batch[0], training=False))
         y_true, y_pred = targets
         for m in self.metrics:
+            if isinstance(m, _PendingAccuracy):  # the first trace only records the shapes
+                m.shapes = (tuple(y_true.shape), tuple(y_pred.shape))
+                continue
             m.update_state(y_true, y_pred)
+
+    def resolve_pending(self, strategy: tf.distribute.Strategy) -> None:
+        """Create the metric behind each pending ``"accuracy"`` (after the first trace)."""
+        pending = [m for m in self.metrics if isinstance(m, _PendingAccuracy)]
+        if not pending:
+            return
+        with strategy.scope():
+            self.metrics = [
+                m.resolve() if isinstance(m, _PendingAccuracy) and m.shapes else m
+                for m in self.metrics
+            ]
 
     def metric_results(self) -> dict[str, float]:
         """Current metric values as floats (reads the device once per metric)."""

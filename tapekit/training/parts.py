@@ -66,6 +66,7 @@ ASSEMBLY_ARGS = (
     "optimizers",
     "metrics",
     "metrics_fn",
+    "model_losses",
     "clip_norm",
     "clip_value",
     "accumulate_steps",
@@ -142,6 +143,7 @@ def assemble(
     optimizers: dict[str, Any] | None,
     metrics: Sequence[Any],
     metrics_fn: Callable | None,
+    model_losses: bool,
     clip_norm: float | None,
     clip_value: float | None,
     accumulate_steps: int,
@@ -177,7 +179,8 @@ def assemble(
         every += variables
     call = None
     if loss_fn is not None:
-        call = LossCall(the_model, loss_fn, resolve_metrics(metrics, strategy), metrics_fn)
+        metric_objs = resolve_metrics(metrics, strategy)
+        call = LossCall(the_model, loss_fn, metric_objs, metrics_fn, model_losses)
     with strategy.scope():
         state = TrainState(seed)
         diagnostics = Diagnostics([len(v) for v, _ in found.values()])

@@ -148,6 +148,8 @@ class CompiledSteps:
         finally:
             for u in self.updates.values():
                 u.probing = False
+        if self.call is not None:
+            self.call.resolve_pending(self.strategy)
         names = found["names"]
         self.value_names = (["loss"] if "loss" in names else []) + [n for n in names if n != "loss"]
         eval_names = self.value_names if self.call is not None else []

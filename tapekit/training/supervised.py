@@ -47,7 +47,7 @@ class SupervisedStep:
         weigh = self.replicas > 1 or len(batches) > 1
         for batch in batches:
             n = leading_size(batch)
-            with tf.GradientTape() as tape:
+            with tf.GradientTape() as tape, tf.name_scope("forward"):
                 loss, extras, target = self.call(batch, training=True)
                 weighted = loss * (n / total) if weigh else loss
                 if self.replicas > 1:  # a replica may get no example of a small last batch

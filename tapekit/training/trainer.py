@@ -1,7 +1,6 @@
 """``Trainer``: a custom training loop with the features of ``keras.Model.fit``, compiled whole.
 
-The parts are built in ``parts``; the outer loop is ``loop``, the compiled step ``step``
-(``update`` per optimizer, ``supervised`` or the user's step through ``context``).
+Parts are built in ``parts``; the outer loop is ``loop``; the compiled step ``step``.
 """
 
 from __future__ import annotations
@@ -59,10 +58,11 @@ class Trainer:
         optimizers: ``{model name: optimizer}`` for a step with several optimizers.
         metrics: Keras metrics or their names, fed ``(y_true, y_pred)`` (see ``metrics_fn``).
         metrics_fn: ``metrics_fn(model, batch) -> (y_true, y_pred)`` for the metrics.
+        model_losses: Add Keras models' ``losses`` (regularizers, ``add_loss``) to
+            ``loss_fn``'s loss, as ``fit`` does (False: the loss as returned).
         clip_norm: Clip each optimizer's aggregated gradient to this global norm.
         clip_value: Clip each aggregated gradient element to ``[-clip_value, clip_value]``.
-        accumulate_steps: Micro-batches whose gradients are summed per optimizer step; equals
-            training with batches ``accumulate_steps`` times larger.
+        accumulate_steps: Micro-batches summed per optimizer step (= k-times larger batches).
         mixed_precision: None, "mixed_float16" (with dynamic loss scaling) or "mixed_bfloat16".
         jit_compile: XLA-compile the forward and backward pass (default step only).
         steps_per_execution: Optimizer steps per compiled call; None: up to 64, stopping at
@@ -108,6 +108,7 @@ class Trainer:
         optimizers: dict[str, Any] | None = None,
         metrics: Sequence[Any] = (),
         metrics_fn: Callable | None = None,
+        model_losses: bool = True,
         clip_norm: float | None = None,
         clip_value: float | None = None,
         accumulate_steps: int = 1,

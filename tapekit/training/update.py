@@ -111,7 +111,8 @@ class OptimizerUpdate:
         if self.loss_scaled:
             scale = tf.cast(self.optimizer.dynamic_scale, loss.dtype)
             factor = scale if factor is None else factor * scale
-        grads = tape.gradient(loss, self.variables, output_gradients=factor)
+        with tf.name_scope("backward"):
+            grads = tape.gradient(loss, self.variables, output_gradients=factor)
         missing = [n for n, g in zip(self.names, grads) if g is None]
         if missing and not self.allow_unused:
             raise DisconnectedGradientError(
@@ -153,7 +154,8 @@ class OptimizerUpdate:
                     grads_agreed, lambda: grads, lambda: [g + float("nan") for g in grads]
                 )
         finite = tf.logical_and(grads_ok, loss_ok)
-        token = ctx.merge_call(self._cross_apply, args=(grads, finite, loss_ok, tuple(keep)))
+        with tf.name_scope("update"):
+            token = ctx.merge_call(self._cross_apply, args=(grads, finite, loss_ok, tuple(keep)))
         self.tokens.append(token)
         return token
 
