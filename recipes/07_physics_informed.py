@@ -15,25 +15,20 @@ sha256 of the trained weights, equal for an uninterrupted and a killed-and-resum
 
 from __future__ import annotations
 
+import tapekit.quiet  # noqa: F401 - first: hides TensorFlow's C++ start-up lines
+
 import argparse
 import math
-import os
-import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keras
+import numpy as np
+import tensorflow as tf
 
-from tapekit._quiet import quiet_tensorflow  # noqa: E402
+import tapekit
 
-quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
-
-import _custom_loop  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tapekit  # noqa: E402
+import _custom_loop
+from _common import logs_hint, new_figure
 
 PI = math.pi
 
@@ -48,22 +43,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-every", type=int, default=100, help="log interval (steps)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
-
-
-def plot(
-    curves: list[tuple[np.ndarray, tuple[float, float, float]]], height: int = 200
-) -> np.ndarray:
-    """Draw curves sampled at the same evenly spaced x as lines in an RGB image (white paper)."""
-    width = len(curves[0][0])
-    lo = min(float(c.min()) for c, _ in curves)
-    hi = max(float(c.max()) for c, _ in curves)
-    img = np.ones((height, width, 3), np.float32)
-    for values, color in curves:
-        rows = np.round((hi - values) / max(hi - lo, 1e-12) * (height - 1)).astype(int)
-        for j in range(width):
-            a, b = sorted((rows[j], rows[max(j - 1, 0)]))
-            img[max(a - 1, 0) : b + 2, j] = color
-    return img
 
 
 def build(width: int) -> keras.Model:
@@ -133,16 +112,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resumed from {trainer.restored_from}")
     trainer.close()
     u_end = trainer.model(x_test).numpy()[:, 0]
-    image = plot([(exact, (0.6, 0.6, 0.6)), (u_end, (0.85, 0.1, 0.1))])
-    with evals.writer("eval").as_default(step=trainer.global_step):
-        description = "grey: exact sin(pi x); red: the network, on [0, 1]"
-        tf.summary.image("solution", image[None], description=description)
+    fig = new_figure(figsize=(6, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(x_test[:, 0], exact, color="0.6", lw=4, label="exact sin(πx)")
+    ax.plot(x_test[:, 0], u_end, color="tab:red", lw=1.5, label="network u(x)")
+    ax.set(
+        xlabel="x",
+        ylabel="u",
+        title=f"PINN solution of u'' = -π² sin(πx), step {trainer.global_step}",
+    )
+    ax.legend()
+    tapekit.board.log_figure(
+        "solution",
+        fig,
+        trainer.global_step,
+        writer=evals.writer("eval"),
+        description="The trained network against the exact solution on [0, 1].",
+    )
     evals.close()
     error = float(np.abs(u_end - exact).max())
     print(f"trained in {time.perf_counter() - start:.1f} s")
     print(f"max |u(x) - sin(pi x)| on [0, 1] = {error:.2e}")
     print(f"u(0.5) = {u_end[100]:.4f} (exact 1), u(0) = {u_end[0]:.1e}, u(1) = {u_end[-1]:.1e}")
-    print(f"Logs: tapekit inspect {logdir}   or   tensorboard --logdir {logdir}")
+    print(logs_hint(logdir))
     print(f"weights sha256: {_custom_loop.weights_digest(trainer.trainable_variables)}")
     return 0
 

@@ -15,24 +15,19 @@ trained weights, equal for an uninterrupted and a killed-and-resumed run.
 
 from __future__ import annotations
 
+import tapekit.quiet  # noqa: F401 - first: hides TensorFlow's C++ start-up lines
+
 import argparse
-import os
-import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keras
+import numpy as np
+import tensorflow as tf
 
-from tapekit._quiet import quiet_tensorflow  # noqa: E402
+import tapekit
 
-quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
-
-import _custom_loop  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tapekit  # noqa: E402
+import _custom_loop
+from _common import logs_hint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -159,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"meta-test on {args.test_tasks} unseen tasks ({k} points each to adapt on):")
     print(f"  pre-adaptation loss  {results[0]:.3f}")
     print(f"  post-adaptation loss {results[1]:.3f} (1 step), {results[10]:.3f} (10 steps)")
-    print(f"Logs: tapekit inspect {logdir}   or   tensorboard --logdir {logdir}")
+    print(logs_hint(logdir))
     print(f"weights sha256: {_custom_loop.weights_digest(trainer.trainable_variables)}")
     return 0
 

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def synthetic_data(n: int, seed: int) -> tuple[tf.Tensor, tf.Tensor]:
+def teacher_data(n: int, seed: int) -> tuple[tf.Tensor, tf.Tensor]:
     """``n`` inputs in R^10 and standardised targets of a random 16-unit tanh teacher."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 10))
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     layout.close()
-    data = synthetic_data(args.examples, args.seed)
+    data = teacher_data(args.examples, args.seed)
     print(f"full-batch GD, tanh MLP 10-{args.width}-{args.width}-1, {args.examples} examples")
     ok = True
     for eta in args.eta:

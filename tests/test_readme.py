@@ -135,10 +135,6 @@ def test_every_shell_command_is_a_dev_py_verb_that_exists(doc):
                 find_recipe(target, recipes)  # raises, naming the recipes, if there is none
 
 
-# Recipes the lead converts to the `_common` pattern after merging (then remove them here).
-_NOT_YET_CONVERTED = {"07", "08", "09", "12", "13"}
-
-
 def test_recipes_print_runnable_hints():
     sys.path.insert(0, str(ROOT / "recipes"))
     try:
@@ -153,8 +149,6 @@ def test_recipes_print_runnable_hints():
         ["python3", "dev.py", "board", "logs/01_gradients"],
     ]
     for path in sorted((ROOT / "recipes").glob("[0-9][0-9]_*.py")):
-        if path.name[:2] in _NOT_YET_CONVERTED:
-            continue
         text = path.read_text(encoding="utf-8")
         for stale in ("tensorboard --logdir", "python recipes/", "tapekit._quiet", "noqa: E402"):
             assert stale not in text, f"{path.name} still has `{stale}`"

@@ -56,9 +56,6 @@ SMALL = {
 
 
 # Recipes still silencing TensorFlow the old way; the lead converts them after merging.
-_OLD_STYLE = {"07", "08", "09", "12", "13"}
-
-
 def number(pattern: str, text: str) -> float:
     match = re.search(pattern, text, re.M)
     assert match, f"no match for {pattern!r} in:\n{text}"
@@ -254,13 +251,11 @@ def test_recipe_follows_the_conventions(path):
     assert "argparse" in source and '"--logdir"' in source
     assert f"logs/{path.stem}" in source, f"the default --logdir should be logs/{path.stem}"
     first_tf = source.find("import tensorflow")
-    if path.stem[:2] in _OLD_STYLE:
-        quiet = source.find("TF_CPP_MIN_LOG_LEVEL")
-    else:  # the public way, first of all imports; shared helpers come from _common.py
-        quiet = source.find("\nimport tapekit.quiet")
-        assert "noqa: E402" not in source and "tapekit._quiet" not in source
-        assert quiet < source.find("\nimport ", quiet + 1), "import tapekit.quiet first"
-        assert "def open_writer" not in source and "def synthetic_data" not in source
+    # the public way, first of all imports; shared helpers come from _common.py
+    quiet = source.find("\nimport tapekit.quiet")
+    assert "noqa: E402" not in source and "tapekit._quiet" not in source
+    assert quiet < source.find("\nimport ", quiet + 1), "import tapekit.quiet first"
+    assert "def open_writer" not in source and "def synthetic_data" not in source
     assert 0 <= quiet < first_tf, "silence TF before importing it"
 
 
@@ -315,10 +310,10 @@ def test_recipe_runs_and_logs(path, run_recipe):
     )
     assert "Traceback" not in proc.stderr
     assert not any(run.workdir.iterdir()), "the recipe wrote into the working directory"
-    if path.stem[:2] not in _OLD_STYLE:  # its closing hint runs as printed (tests/test_readme.py)
-        assert f"Logs: python3 dev.py inspect {logdir}   or   python3 dev.py board {logdir}" in (
-            proc.stdout
-        )
+    # its closing hint runs as printed (tests/test_readme.py)
+    assert f"Logs: python3 dev.py inspect {logdir}   or   python3 dev.py board {logdir}" in (
+        proc.stdout
+    )
     runs = read_runs(logdir)
     assert runs, f"{path.name} wrote no event files under {logdir}"
     assert any(tensor_tags(acc) or acc.Tags()["graph"] for acc in runs.values())
