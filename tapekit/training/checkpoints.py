@@ -6,6 +6,11 @@ epoch averages and the Keras metrics. The data position is part of the counters:
 rebuilds the (seeded) pipeline and skips the batches already consumed, which works for every
 strategy and does not store a shuffle buffer the size of the data set in each checkpoint.
 
+Before the first step the directory is checked: it must be (or become) a writable directory,
+else :class:`CheckpointError` says so at once instead of after an epoch of training; the
+``ckpt-N_temp`` directories that a killed save leaves behind are removed. Each checkpoint also
+records the optimizer's class: restoring an Adam checkpoint into an SGD Trainer is refused.
+
 Restoring tries the newest checkpoint first; if it is unreadable (truncated, missing files) it
 warns and falls back to the previous one, and raises :class:`CheckpointError` if none is
 readable.
@@ -43,6 +48,35 @@ class CheckpointError(TapekitError, RuntimeError):
 _READ_ERRORS = (tf.errors.OpError, ValueError, IndexError, OSError, RuntimeError)
 
 
+def _check_directory(directory: str) -> None:
+    """Fail before training if ``directory`` is a file or cannot be created or written."""
+    fix = "Pass a writable directory as checkpoint_dir (or None to train without checkpoints)."
+    if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
+        raise CheckpointError(
+            f"checkpoint_dir must be a directory, but {directory!r} is a file. {fix}"
+        )
+    probe = os.path.join(directory, f".tapekit-write-test-{os.getpid()}")
+    try:
+        tf.io.gfile.makedirs(directory)
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("ok")
+        tf.io.gfile.remove(probe)
+    except (OSError, tf.errors.OpError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)
+        raise CheckpointError(
+            f"checkpoint_dir must be writable, but {directory!r} is not ({reason}). {fix}"
+        ) from exc
+
+
+def _remove_temp_leftovers(directory: str) -> None:
+    """Delete the ``ckpt-N_temp*`` directories/files of saves that were killed midway."""
+    for path in tf.io.gfile.glob(os.path.join(directory, "ckpt-*_temp*")):
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        else:
+            tf.io.gfile.remove(path)
+
+
 def _number(path: str) -> int:
     match = re.search(r"-(\d+)$", path)
     return int(match.group(1)) if match else -1
@@ -56,6 +90,11 @@ class Checkpoints:
         objects: Named trackables to save, e.g. ``{"model": m, "optimizer": opt, ...}``.
         keep: How many recent checkpoints to keep on disk.
         strategy: The distribution strategy (decides who writes where).
+        meta: Strings that must be equal on restore, e.g. ``{"optimizer": "Adam"}``; a
+            checkpoint written with other values raises :class:`CheckpointError`.
+
+    Raises:
+        CheckpointError: If ``directory`` is a file or cannot be created or written.
 
     Example:
         >>> import tempfile
@@ -73,11 +112,25 @@ class Checkpoints:
         *,
         keep: int = 3,
         strategy: tf.distribute.Strategy | None = None,
+        meta: dict[str, str] | None = None,
     ) -> None:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.directory = os.fspath(directory)
         self.is_chief = is_chief(self.strategy)
-        self.checkpoint = tf.train.Checkpoint(**objects)
+        if self.is_chief:
+            _check_directory(self.directory)
+            _remove_temp_leftovers(self.directory)
+        self.meta = dict(meta or {})
+        with tf.device("/cpu:0"):
+            self._meta_vars = {
+                k: tf.Variable(v, dtype=tf.string, trainable=False, name=f"meta_{k}")
+                for k, v in self.meta.items()
+            }
+        extra = {"meta": self._meta_vars} if self._meta_vars else {}
+        self.checkpoint = tf.train.Checkpoint(**objects, **extra)
+        # Restores go through a Checkpoint without the record, so checkpoints written before
+        # it existed still match; the record is read from the file instead (_check_meta).
+        self._restorer = tf.train.Checkpoint(**objects)
         self.keep = keep
         self.manager = self._open_manager()
 
@@ -144,6 +197,23 @@ class Checkpoints:
             self._check_workers_agree(path)
         return path
 
+    def _check_meta(self, path: str) -> None:
+        """Refuse a checkpoint whose recorded ``meta`` differs (one without a record passes)."""
+        reader = tf.train.load_checkpoint(path)
+        for k in self.meta:
+            key = f"meta/{k}/.ATTRIBUTES/VARIABLE_VALUE"
+            if not reader.has_tensor(key):
+                continue
+            found = reader.get_tensor(key)
+            found = found.decode() if isinstance(found, bytes) else str(found)
+            if found != self.meta[k]:
+                raise CheckpointError(
+                    f"The checkpoint {path} was written with {k} {found}, but this Trainer "
+                    f"uses {self.meta[k]}; its {k} state would not be restored. Use the same "
+                    f"{k} to resume, or a new checkpoint_dir (or delete the old checkpoints) "
+                    "to start afresh."
+                )
+
     def _check_workers_agree(self, path: str | None) -> None:
         steps = sorted(set(replica_values(self.strategy, _number(path) if path else -1)))
         if len(steps) > 1:
@@ -162,7 +232,10 @@ class Checkpoints:
         errors = []
         for path in candidates:
             try:
-                status = self.checkpoint.restore(path)
+                self._check_meta(path)
+                status = self._restorer.restore(path)
+            except CheckpointError:
+                raise
             except _READ_ERRORS as exc:
                 if isinstance(exc, ValueError) and "shape" in str(exc):
                     raise CheckpointError(
@@ -179,6 +252,7 @@ class Checkpoints:
                 continue
             try:
                 status.assert_existing_objects_matched()
+                status.expect_partial()  # the meta record is read from the file, not restored
             except AssertionError as exc:
                 raise CheckpointError(
                     f"The checkpoint {path} does not match this Trainer's model/optimizer "

@@ -7,13 +7,16 @@ device only at epoch ends (the epoch averages), at checkpoints, and when an erro
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
 from . import data as _data
 from .callbacks import CallbackList, History, ProgressPrinter
-from .distribution import is_chief
+from .distribution import is_chief, is_multi_worker
+from .preemption import Preempted, StopSignals
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -36,11 +39,11 @@ def _learning_rate(optimizer: Any) -> float:
     return float(tf.convert_to_tensor(getattr(lr, "value", lr)).numpy())
 
 
-def _save(ckpt: Any, state: Any, step: int, epoch_step: int, position: int) -> None:
+def _save(ckpt: Any, state: Any, step: int, epoch_step: int, position: int) -> str:
     """Write a checkpoint; the host-kept counters go into the state first."""
     state.epoch_step.assign(epoch_step)
     state.position.assign(position)
-    ckpt.save(step)
+    return ckpt.save(step)
 
 
 def _stream(trainer: Trainer, data: Any, batch_size: int | None, shuffle: bool) -> tuple:
@@ -56,6 +59,42 @@ def _stream(trainer: Trainer, data: Any, batch_size: int | None, shuffle: bool) 
     if skip:
         stream = stream.skip(skip)
     return ds, iter(_data.distribute(stream, trainer.strategy))
+
+
+def _nothing_left(trainer: Trainer, epochs: int, verbose: int) -> History:
+    """``fit(epochs=n)`` when n epochs are already complete: say so (loudly) and return."""
+    done = trainer.epoch
+    message = (
+        f"fit(epochs={epochs}) has nothing to train: {done} epoch(s) are already complete "
+        f"(step {trainer.global_step}). `epochs` is the epoch to stop after, counted over every "
+        "fit call and resume of this run (as with Keras' BackupAndRestore), not epochs more; "
+        f"pass epochs={done + epochs} to train {epochs} more."
+    )
+    warnings.warn(message, UserWarning, stacklevel=3)
+    if verbose and is_chief(trainer.strategy):
+        print(message, flush=True)
+    history = History()
+    history.set_trainer(trainer)
+    history.on_train_end()
+    return history
+
+
+def _on_signal(
+    trainer: Trainer, stop: StopSignals, save: Callable[[], str | None], printing: bool
+) -> None:
+    """At an execution boundary after SIGTERM/SIGINT: save (SIGTERM), flush, raise."""
+    hook = trainer._hook
+    if stop.requested == "SIGTERM":
+        path = save()
+        if hook is not None:
+            hook.flush()
+        if printing:
+            where = f"saved {path}" if path else "no checkpoint_dir, nothing saved"
+            print(f"SIGTERM at step {trainer.global_step}: {where}; exiting.", flush=True)
+        raise Preempted(path, trainer.global_step)
+    if hook is not None:
+        hook.flush()
+    raise KeyboardInterrupt(f"SIGINT at step {trainer.global_step}")
 
 
 def run_fit(
@@ -87,6 +126,8 @@ def run_fit(
             else validation_batch_size or batch_size,
         )
         val_steps = _data.steps_per_epoch(val_ds, None, 1)
+    if trainer.epoch >= epochs and int(state.epoch_step.numpy()) == 0:
+        return _nothing_left(trainer, epochs, verbose)
     _, iterator = _stream(trainer, data, batch_size, shuffle)
 
     history = History()
@@ -102,7 +143,17 @@ def run_fit(
     k = trainer.accumulate_steps
     hook, consts = trainer._hook, {}
     last_saved = step
+
+    def save_now() -> str | None:  # the exact position, for a stop on SIGTERM
+        if ckpt is None:
+            return None
+        if last_saved == step:
+            return ckpt.latest()
+        return _save(ckpt, state, step, in_epoch, base + k * (step - start_step))
+
+    stop = StopSignals(enabled=not is_multi_worker(trainer.strategy))
     try:
+        stop.__enter__()
         callbacks.on_train_begin()
         for epoch in range(first_epoch, epochs):
             callbacks.on_epoch_begin(epoch)
@@ -126,6 +177,8 @@ def run_fit(
                     _save(ckpt, state, step, in_epoch, base + k * (step - start_step))
                     last_saved = step
                 callbacks.on_step_end(step, {"step": step})
+                if stop.requested:
+                    _on_signal(trainer, stop, save_now, bool(printing))
             loop_end = time.perf_counter()
             elapsed = max(loop_end - start, 1e-9)
             logs = {**steps.train_means.result(), **trainer._call.metric_results()}
@@ -158,6 +211,8 @@ def run_fit(
                 }
                 hook.epoch_end(step, train_vals, val_logs, extra)
             callbacks.on_epoch_end(epoch, logs)
+            if stop.requested:
+                _on_signal(trainer, stop, save_now, bool(printing))
             if trainer.stop_training:
                 break
         if hook is not None:
@@ -170,4 +225,6 @@ def run_fit(
         if hook is not None:
             hook.close()
         raise
+    finally:
+        stop.__exit__(None, None, None)
     return history

@@ -206,18 +206,37 @@ class Trainer:
 
     @property
     def variables(self) -> list[Any]:
-        """Every variable of the model (trainable and not), as saved by ``get_weights``."""
+        """Every variable of the model (trainable and not, with Keras' RNG seed state), as
+        saved in checkpoints."""
         if isinstance(self.model, (keras.layers.Layer, tf.Module)):
             return list(self.model.variables)
         return [v for v in tf.nest.flatten(self.model) if isinstance(v, (tf.Variable,))]
 
+    @property
+    def weights(self) -> list[Any]:
+        """The variables of ``get_weights``: a Keras model's ``model.weights`` (no RNG seed
+        state, so the lists interchange with ``model.get_weights()``), else ``variables``."""
+        if isinstance(self.model, keras.layers.Layer):
+            return list(self.model.weights)
+        return self.variables
+
     def get_weights(self) -> list[np.ndarray]:
-        """Copies of every model variable's value, as NumPy arrays."""
-        return [np.array(v.numpy()) for v in self.variables]
+        """Copies of the weights as NumPy arrays, in the order of Keras' ``model.get_weights()``."""
+        return [np.array(v.numpy()) for v in self.weights]
 
     def set_weights(self, weights: Sequence[Any]) -> None:
-        """Assign values (in ``get_weights`` order) to the model's variables."""
-        for v, w in zip(self.variables, weights, strict=True):
+        """Assign values (in ``get_weights`` order, e.g. from ``model.get_weights()``).
+
+        Raises:
+            ValueError: If the number of arrays differs from ``len(trainer.weights)``.
+        """
+        weights = list(weights)
+        if len(weights) != len(self.weights):
+            raise ValueError(
+                f"set_weights needs {len(self.weights)} arrays (the order of get_weights() / "
+                f"model.get_weights()), got {len(weights)}."
+            )
+        for v, w in zip(self.weights, weights, strict=True):
             v.assign(w)
 
     # -- set-up ------------------------------------------------------------------------------
@@ -242,7 +261,11 @@ class Trainer:
                 metrics=self._call.metrics,
             )
             self._checkpoints = Checkpoints(
-                self.checkpoint_dir, objects, keep=self._keep, strategy=self.strategy
+                self.checkpoint_dir,
+                objects,
+                keep=self._keep,
+                strategy=self.strategy,
+                meta={"optimizer": type(self.optimizer).__name__},
             )
             self.restored_from = self._checkpoints.restore_latest()
             if self.restored_from is not None:
