@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import tensorflow as tf
 
 from . import data as _data
-from .callbacks import CallbackList, History, ProgressPrinter
+from .callbacks import CallbackList, History
 from .distribution import is_chief, is_multi_worker
 from .preemption import Preempted, StopSignals
+from .progress import ProgressPrinter
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -128,11 +129,17 @@ def run_fit(
         val_steps = _data.steps_per_epoch(val_ds, None, 1)
     if trainer.epoch >= epochs and int(state.epoch_step.numpy()) == 0:
         return _nothing_left(trainer, epochs, verbose)
+    resumed_from = trainer.restored_from if trainer._resume_position is not None else None
     _, iterator = _stream(trainer, data, batch_size, shuffle)
 
     history = History()
     printing = verbose and is_chief(trainer.strategy)  # one console for the whole cluster
-    cbs = [history, *trainer.callbacks] + ([ProgressPrinter(epochs)] if printing else [])
+    printer = None
+    if printing:
+        printer = ProgressPrinter(
+            epochs, verbose=verbose, steps_per_epoch=per_epoch, resumed_from=resumed_from
+        )
+    cbs = [history, *trainer.callbacks] + ([printer] if printer else [])
     callbacks = CallbackList(cbs, trainer)
     trainer.stop_training = False
     per_call = trainer.steps_per_execution or (1 if callbacks.has_step_hooks else AUTO_STEPS)
@@ -177,6 +184,8 @@ def run_fit(
                     _save(ckpt, state, step, in_epoch, base + k * (step - start_step))
                     last_saved = step
                 callbacks.on_step_end(step, {"step": step})
+                if printer is not None:  # redraws (and reads the loss) a few times a second
+                    printer.update(in_epoch, lambda: steps.train_means.result()["loss"])
                 if stop.requested:
                     _on_signal(trainer, stop, save_now, bool(printing))
             loop_end = time.perf_counter()

@@ -393,6 +393,11 @@ class Trainer:
     ) -> History:
         """Train until ``epochs`` epochs are complete (counting epochs done before a resume).
 
+        ``epochs`` counts over every ``fit`` call and resume of the run, as Keras'
+        ``BackupAndRestore`` does: ``fit(epochs=1)`` then ``fit(epochs=3)`` trains epochs 2 and
+        3; a call with nothing left to do warns (and prints, if ``verbose``) and returns an
+        empty History. To train ``n`` more, pass ``epochs=trainer.epoch + n``.
+
         Args:
             data: A batched ``tf.data.Dataset``, or arrays / a tuple or dict of arrays.
             epochs: The epoch to stop after (a run resumed at epoch 3 of 10 runs 7 more).
@@ -401,15 +406,21 @@ class Trainer:
             validation_data: Evaluated at each epoch end (values get a ``val_`` prefix).
             validation_batch_size: Batch size for array validation data (default batch_size).
             shuffle: Shuffle array data every epoch (seeded by ``seed``).
-            verbose: 0 prints nothing, 1 prints one line per epoch (on the chief only).
+            verbose: 0 prints nothing, 2 one line per epoch, 1 also a progress bar within the
+                epoch when the console is a terminal (on the chief only), see
+                :mod:`tapekit.training.progress`.
 
         Returns:
             A :class:`tapekit.History` with per-epoch values and the final step.
 
         Raises:
             NonFiniteError: On a non-finite loss or gradient (``on_nonfinite="raise"``).
-            CheckpointError: If ``checkpoint_dir`` holds checkpoints none of which is readable.
+            CheckpointError: If ``checkpoint_dir`` is not a writable directory, or holds
+                checkpoints none of which is readable or that another optimizer wrote.
             OSError: If ``logdir`` is not writable (before any training).
+            Preempted: On SIGTERM, after the running execution and a checkpoint (a
+                ``SystemExit`` with status 42, see :mod:`tapekit.training.preemption`).
+            KeyboardInterrupt: On SIGINT, after the running execution (nothing saved).
         """
         return run_fit(
             self,
