@@ -18,12 +18,15 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "BestCheckpoint": ".training",
     "Callback": ".training",
     "CheckpointError": ".training",
     "DisconnectedGradientError": ".errors",
     "EarlyStopping": ".training",
     "History": ".training",
+    "LearningRateScheduler": ".training",
     "NonFiniteError": ".errors",
+    "ReduceLROnPlateau": ".training",
     "Tape": ".tape",
     "TapekitError": ".errors",
     "Trainer": ".training",
@@ -44,12 +47,15 @@ _EXPORTS = {
 _SUBPACKAGES = ("board", "training")
 
 __all__ = [
+    "BestCheckpoint",
     "Callback",
     "CheckpointError",
     "DisconnectedGradientError",
     "EarlyStopping",
     "History",
+    "LearningRateScheduler",
     "NonFiniteError",
+    "ReduceLROnPlateau",
     "Tape",
     "TapekitError",
     "Trainer",
@@ -75,7 +81,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .hessians import hessian, hvp
     from .jacobians import batch_jacobian, jacobian, jvp, vjp
     from .tape import Tape
-    from .training import Callback, CheckpointError, EarlyStopping, History, Trainer
+    from .training import (
+        BestCheckpoint,
+        Callback,
+        CheckpointError,
+        EarlyStopping,
+        History,
+        LearningRateScheduler,
+        ReduceLROnPlateau,
+        Trainer,
+    )
     from .transforms import derivative, grad, partial, partials, value_and_grad
 
 

@@ -133,6 +133,7 @@ class Checkpoints:
         self._restorer = tf.train.Checkpoint(**objects)
         self.keep = keep
         self.manager = self._open_manager()
+        self._extra: dict[str, tf.train.CheckpointManager] = {}
 
     def _new_manager(self, directory: str, keep: int) -> tf.train.CheckpointManager:
         return tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep)
@@ -172,15 +173,30 @@ class Checkpoints:
         Every worker of a cluster must call this at the same step; only the chief's copy is
         kept, the path returned is where the chief wrote it.
         """
+        return self._save_with(self.manager, self.directory, step)
+
+    def save_to(self, directory: str, step: int) -> str:
+        """Write a checkpoint numbered ``step`` into ``directory``, keeping only that one
+        (e.g. ``<checkpoint_dir>/best``); the run's own checkpoints are not touched.
+
+        Every worker of a cluster must call this at the same step, as :meth:`save`.
+        """
+        manager = self._extra.get(directory)
+        if manager is None and self.is_chief:
+            _check_directory(directory)
+            manager = self._extra[directory] = self._new_manager(directory, 1)
+        return self._save_with(manager, directory, step)
+
+    def _save_with(self, manager: Any, directory: str, step: int) -> str:
         if self.is_chief:
-            return self.manager.save(checkpoint_number=step)
+            return manager.save(checkpoint_number=step)
         name = task_name(self.strategy).replace(" ", "")
         scratch = tempfile.mkdtemp(prefix=f"tapekit-checkpoint-{name}-")
         try:
             self._new_manager(scratch, 1).save(checkpoint_number=step)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        return os.path.join(self.directory, f"ckpt-{step}")
+        return os.path.join(directory, f"ckpt-{step}")
 
     def restore_latest(self) -> str | None:
         """Restore the newest readable checkpoint; ``None`` if the directory holds none.

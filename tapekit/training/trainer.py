@@ -30,6 +30,7 @@ from .model import (
     trainable_variables,
     variable_names,
 )
+from .predict import Predictor
 from .state import TrainState
 from .step import NONFINITE_MARK, CompiledSteps
 from .summaries import BoardHook, choose_logdir
@@ -176,6 +177,7 @@ class Trainer:
         self.stop_training = False
         self._remaining_steps: int | None = None
         self._step_fns: dict[Any, Any] = {}
+        self._predictor: Predictor | None = None
 
     # -- public state ------------------------------------------------------------------------
 
@@ -378,6 +380,40 @@ class Trainer:
         iterator = iter(_data.distribute(ds, self.strategy))
         self._steps.eval_fn(iterator, tf.constant(steps, tf.int64))
         return {**self._steps.eval_means.result(), **self._call.metric_results()}
+
+    def predict(self, data: Any, *, batch_size: int | None = None, steps: int | None = None) -> Any:
+        """The model's outputs over ``data`` in inference mode, like ``keras.Model.predict``.
+
+        Args:
+            data: Inputs: arrays (a nest of them) with ``batch_size``, or a batched
+                ``tf.data.Dataset``; a tuple ``(x, y)`` / ``(x, y, w)`` contributes ``x`` only.
+            batch_size: Batch size for array data.
+            steps: Batches to run (default: all).
+
+        Returns:
+            NumPy arrays concatenated over the batches, in the nest of one model output.
+
+        Raises:
+            TypeError: If the model is not callable (e.g. bare variables).
+            ValueError: If the Trainer has a ``checkpoint_dir`` that was not restored yet (it
+                is restored at the first ``fit``/``step``/``evaluate``), or for bad ``steps``.
+
+        Example:
+            >>> import keras, numpy as np, tapekit
+            >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+            >>> trainer = tapekit.Trainer(model, lambda m, b: 0.0, logdir=False)
+            >>> trainer.predict(np.ones((5, 2), "float32"), batch_size=2).shape
+            (5, 1)
+        """
+        if self.checkpoint_dir is not None and not self._ready:
+            raise ValueError(
+                f"predict would use the initial weights: the checkpoints in checkpoint_dir="
+                f"{self.checkpoint_dir!r} are restored at the first fit/step/evaluate (they "
+                "need a training batch). Call trainer.evaluate(validation_data) first."
+            )
+        if self._predictor is None:
+            self._predictor = Predictor(self.model, self.strategy)
+        return self._predictor(data, batch_size, steps)
 
     def fit(
         self,
