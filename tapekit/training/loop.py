@@ -139,7 +139,8 @@ def run_fit(
         printer = ProgressPrinter(
             epochs, verbose=verbose, steps_per_epoch=per_epoch, resumed_from=resumed_from
         )
-    cbs = [history, *trainer.callbacks] + ([printer] if printer else [])
+    # History after the user's callbacks (as in Keras): it sees what they add to the logs.
+    cbs = [*trainer.callbacks, history] + ([printer] if printer else [])
     callbacks = CallbackList(cbs, trainer)
     trainer.stop_training = False
     per_call = trainer.steps_per_execution or (1 if callbacks.has_step_hooks else AUTO_STEPS)

@@ -24,7 +24,7 @@ __all__ = ["REFRESH_SECONDS", "ProgressPrinter", "format_bar", "format_duration"
 REFRESH_SECONDS = 0.25
 """The progress bar redraws at most this often."""
 
-_LAST = ("steps_per_second", "learning_rate")
+_LAST = ("steps_per_second",)
 
 
 def format_duration(seconds: float) -> str:
@@ -63,7 +63,7 @@ def format_line(epoch: int, epochs: int, step: int, logs: dict[str, Any], eta: f
         epoch: The 0-based epoch that ended.
         epochs: The epoch ``fit`` stops after.
         step: The global step reached.
-        logs: The epoch's values (``steps_per_second`` goes last, ``learning_rate`` is omitted).
+        logs: The epoch's values (``steps_per_second`` goes last).
         eta: Seconds left for the whole ``fit`` (None: not shown).
 
     Returns:
