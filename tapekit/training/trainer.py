@@ -20,6 +20,7 @@ from . import data as _data
 from .callbacks import History
 from .calls import LossCall, resolve_metrics
 from .checkpoints import Checkpoints
+from .keras_callbacks import adapt_callbacks
 from .loop import run_fit
 from .model import (
     build_model,
@@ -63,7 +64,10 @@ class Trainer:
         checkpoint_dir: Directory for checkpoints; a new Trainer pointed at it resumes.
         keep_checkpoints: How many checkpoints to keep.
         checkpoint_every: Also save every this many steps (default: at epoch ends only).
-        callbacks: Objects following the :class:`tapekit.Callback` protocol.
+        callbacks: Objects following the :class:`tapekit.Callback` protocol, or Keras
+            callbacks (``keras.callbacks.EarlyStopping``, ``ReduceLROnPlateau``,
+            ``ModelCheckpoint``, ``CSVLogger``, ...; see
+            :mod:`tapekit.training.keras_callbacks`).
         seed: Seeds the data shuffle and ``trainer.rng``; for a model factory, also the global
             Keras/TF/NumPy seeds before it is called. Two runs with a seed are bitwise equal on CPU.
         strategy: A ``tf.distribute.Strategy`` (default: the current one), e.g. Mirrored or
@@ -79,7 +83,8 @@ class Trainer:
         name: Run name, used for the default logdir.
 
     Raises:
-        TypeError, ValueError: For arguments of the wrong kind or out of range (with the fix).
+        TypeError, ValueError: For arguments of the wrong kind or out of range (with the fix),
+            e.g. a Keras callback that cannot work here.
 
     Example:
         >>> import keras, numpy as np, tensorflow as tf, tapekit
@@ -167,7 +172,7 @@ class Trainer:
         self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
         self._keep, self._ckpt_every = keep_checkpoints, checkpoint_every
         self._checkpoints: Checkpoints | None = None
-        self.callbacks = list(callbacks)
+        self.callbacks = adapt_callbacks(callbacks, self.model)  # keras.callbacks.* wrapped
         self.logdir = choose_logdir(logdir, self.name)
         self._log_every, self._histogram_every = log_every, histogram_every
         self._hook: Any = None
