@@ -62,7 +62,7 @@ def _stream(trainer: Trainer, data: Any, batch_size: int | None, shuffle: bool) 
     return ds, iter(_data.distribute(stream, trainer.strategy))
 
 
-def _nothing_left(trainer: Trainer, epochs: int, verbose: int) -> History:
+def _nothing_left(trainer: Trainer, epochs: int) -> History:
     """``fit(epochs=n)`` when n epochs are already complete: say so (loudly) and return."""
     done = trainer.epoch
     message = (
@@ -71,9 +71,7 @@ def _nothing_left(trainer: Trainer, epochs: int, verbose: int) -> History:
         "fit call and resume of this run (as with Keras' BackupAndRestore), not epochs more; "
         f"pass epochs={done + epochs} to train {epochs} more."
     )
-    warnings.warn(message, UserWarning, stacklevel=3)
-    if verbose and is_chief(trainer.strategy):
-        print(message, flush=True)
+    warnings.warn(message, UserWarning, stacklevel=4)  # points at the user's fit call
     history = History()
     history.set_trainer(trainer)
     history.on_train_end()
@@ -128,7 +126,7 @@ def run_fit(
         )
         val_steps = _data.steps_per_epoch(val_ds, None, 1)
     if trainer.epoch >= epochs and int(state.epoch_step.numpy()) == 0:
-        return _nothing_left(trainer, epochs, verbose)
+        return _nothing_left(trainer, epochs)
     resumed_from = trainer.restored_from if trainer._resume_position is not None else None
     _, iterator = _stream(trainer, data, batch_size, shuffle)
 
