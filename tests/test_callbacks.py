@@ -10,44 +10,22 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from _regression import close, mse, regression_data, small_model
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import tapekit
 
 
-def _data(n: int = 64, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 3)).astype("float32")
-    y = x @ np.array([[1.0], [-1.0], [2.0]], "float32") + 0.3 * rng.normal(size=(n, 1))
-    return x, y.astype("float32")
-
-
-def _model(seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [keras.Input((3,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)]
-    )
-
-
-def mse(model, batch, training=True):
-    return tf.reduce_mean((model(batch[0], training=training) - batch[1]) ** 2)
-
-
-def _close(a, b, atol=1e-5) -> None:
-    for u, v in zip(a, b, strict=True):
-        np.testing.assert_allclose(u, v, atol=atol, rtol=0)
-
-
 def _against_keras(make_keras_cb, make_cb, epochs=8, lr=0.05, **fit):
-    x, y = _data()
-    ref = _model()
+    x, y = regression_data()
+    ref = small_model()
     ref.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
     expected = ref.fit(
         x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0, callbacks=[make_keras_cb()],
         **fit,
     )  # fmt: skip
     trainer = tapekit.Trainer(
-        _model(), mse, optimizer=keras.optimizers.SGD(lr), logdir=False, callbacks=[make_cb()]
+        small_model(), mse, optimizer=keras.optimizers.SGD(lr), logdir=False, callbacks=[make_cb()]
     )
     got = trainer.fit((x, y), epochs=epochs, batch_size=16, shuffle=False, verbose=0, **fit)
     return expected.history, got, ref, trainer
@@ -64,7 +42,7 @@ def test_reduce_lr_on_plateau_matches_keras_fit():
     assert len(set(np.round(rates, 6))) >= 3  # the oracle did reduce, more than once
     np.testing.assert_allclose(got["learning_rate"], rates, rtol=1e-6)
     np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-5)
-    _close(trainer.get_weights(), ref.get_weights())
+    close(trainer.get_weights(), ref.get_weights(), 1e-5)
 
 
 def test_learning_rate_scheduler_matches_keras_fit():
@@ -78,22 +56,22 @@ def test_learning_rate_scheduler_matches_keras_fit():
     )
     np.testing.assert_allclose(got["learning_rate"], expected["learning_rate"], rtol=1e-6)
     np.testing.assert_allclose(got["learning_rate"], [0.05, 0.025, 0.025, 0.0125, 0.0125])
-    _close(trainer.get_weights(), ref.get_weights())
+    close(trainer.get_weights(), ref.get_weights(), 1e-5)
 
 
 def test_learning_rate_in_tensorboard_whatever_changes_it(tmp_path):
     plateau = tapekit.ReduceLROnPlateau("loss", factor=0.5, patience=0, min_delta=1e9)
     trainer = tapekit.Trainer(
-        _model(), mse, optimizer=keras.optimizers.SGD(0.1), logdir=tmp_path / "a",
+        small_model(), mse, optimizer=keras.optimizers.SGD(0.1), logdir=tmp_path / "a",
         callbacks=[plateau],
     )  # fmt: skip
-    trainer.fit(_data(), epochs=3, batch_size=16, verbose=0)
+    trainer.fit(regression_data(), epochs=3, batch_size=16, verbose=0)
     trainer.close()
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=4, decay_rate=0.5)
     scheduled = tapekit.Trainer(
-        _model(), mse, optimizer=keras.optimizers.SGD(schedule), logdir=tmp_path / "b"
+        small_model(), mse, optimizer=keras.optimizers.SGD(schedule), logdir=tmp_path / "b"
     )
-    scheduled.fit(_data(), epochs=3, batch_size=16, verbose=0)
+    scheduled.fit(regression_data(), epochs=3, batch_size=16, verbose=0)
     scheduled.close()
     logged = {}
     for run in ("a", "b"):
@@ -112,18 +90,21 @@ def test_learning_rate_in_tensorboard_whatever_changes_it(tmp_path):
 def test_lr_callbacks_refuse_a_schedule_and_bad_arguments():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=4, decay_rate=0.5)
     trainer = tapekit.Trainer(
-        _model(), mse, optimizer=keras.optimizers.SGD(schedule), logdir=False,
+        small_model(), mse, optimizer=keras.optimizers.SGD(schedule), logdir=False,
         callbacks=[tapekit.LearningRateScheduler(lambda epoch: 0.1)],
     )  # fmt: skip
     with pytest.raises(TypeError, match="follows a ExponentialDecay schedule.*float learning"):
-        trainer.fit(_data(), epochs=1, batch_size=16, verbose=0)
+        trainer.fit(regression_data(), epochs=1, batch_size=16, verbose=0)
     with pytest.raises(ValueError, match="factor < 1, got factor=2"):
         tapekit.ReduceLROnPlateau(factor=2)
     bad = tapekit.Trainer(
-        _model(), mse, logdir=False, callbacks=[tapekit.LearningRateScheduler(lambda e, lr: "x")]
+        small_model(),
+        mse,
+        logdir=False,
+        callbacks=[tapekit.LearningRateScheduler(lambda e, lr: "x")],
     )
     with pytest.raises(ValueError, match="must return a float.*'x'"):
-        bad.fit(_data(), epochs=1, batch_size=16, verbose=0)
+        bad.fit(regression_data(), epochs=1, batch_size=16, verbose=0)
 
 
 class _Snapshots(tapekit.Callback):
@@ -136,11 +117,11 @@ class _Snapshots(tapekit.Callback):
 
 
 def test_best_checkpoint_keeps_the_best_epoch_besides_the_last(tmp_path):
-    x, y = _data()
-    val = _data(16, seed=7)
+    x, y = regression_data()
+    val = regression_data(16, seed=7)
     best, snaps = tapekit.BestCheckpoint("val_loss"), _Snapshots()
     trainer = tapekit.Trainer(
-        _model(), mse, optimizer=keras.optimizers.SGD(0.4), logdir=False, seed=0,
+        small_model(), mse, optimizer=keras.optimizers.SGD(0.4), logdir=False, seed=0,
         checkpoint_dir=tmp_path, keep_checkpoints=1, callbacks=[best, snaps],
     )  # fmt: skip
     hist = trainer.fit((x, y), epochs=8, batch_size=8, validation_data=val, verbose=0)
@@ -155,13 +136,13 @@ def test_best_checkpoint_keeps_the_best_epoch_besides_the_last(tmp_path):
         f"ckpt-{8 * (k + 1)}.index"
     ]
     assert sorted(p.name for p in tmp_path.glob("ckpt-*.index")) == ["ckpt-64.index"]
-    fresh = _model(seed=9)
+    fresh = small_model(seed=9)
     tf.train.Checkpoint(model=fresh).restore(best.path).expect_partial()
-    _close(fresh.get_weights(), snaps.weights[k], 0)
+    close(fresh.get_weights(), snaps.weights[k], 0)
     # A resumed run knows the earlier best and does not overwrite it with a worse epoch.
     again = tapekit.BestCheckpoint("val_loss")
     more = tapekit.Trainer(
-        _model(), mse, optimizer=keras.optimizers.SGD(0.4), logdir=False, seed=0,
+        small_model(), mse, optimizer=keras.optimizers.SGD(0.4), logdir=False, seed=0,
         checkpoint_dir=tmp_path, callbacks=[again],
     )  # fmt: skip
     rest = more.fit((x, y), epochs=9, batch_size=8, validation_data=val, verbose=0)
@@ -174,8 +155,8 @@ def test_best_checkpoint_keeps_the_best_epoch_besides_the_last(tmp_path):
 
 def test_best_checkpoint_needs_a_checkpoint_dir():
     trainer = tapekit.Trainer(
-        _model(), mse, logdir=False, callbacks=[tapekit.BestCheckpoint("loss")]
+        small_model(), mse, logdir=False, callbacks=[tapekit.BestCheckpoint("loss")]
     )
     with pytest.raises(ValueError, match="BestCheckpoint needs Trainer\\(checkpoint_dir"):
-        trainer.fit(_data(), epochs=1, batch_size=16, verbose=0)
+        trainer.fit(regression_data(), epochs=1, batch_size=16, verbose=0)
     assert trainer.global_step == 0

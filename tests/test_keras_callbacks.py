@@ -10,44 +10,22 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from _regression import close, mse, regression_data, small_model
 
 import tapekit
 
 
-def _data(n: int = 64, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 3)).astype("float32")
-    y = x @ np.array([[1.0], [-1.0], [2.0]], "float32") + 0.3 * rng.normal(size=(n, 1))
-    return x, y.astype("float32")
-
-
-def _model(seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [keras.Input((3,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)]
-    )
-
-
-def mse(model, batch, training=True):
-    return tf.reduce_mean((model(batch[0], training=training) - batch[1]) ** 2)
-
-
-def _close(a, b, atol=1e-5) -> None:
-    for u, v in zip(a, b, strict=True):
-        np.testing.assert_allclose(u, v, atol=atol, rtol=0)
-
-
 def _both(make_callbacks, epochs=30, **fit):
     """keras fit and Trainer.fit on the same model, data, order and callbacks (fresh copies)."""
-    x, y = _data()
-    val = _data(32, seed=2)
-    ref = _model()
+    x, y = regression_data()
+    val = regression_data(32, seed=2)
+    ref = small_model()
     ref.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     expected = ref.fit(
         x, y, batch_size=16, epochs=epochs, shuffle=False, validation_data=val, verbose=0,
         callbacks=make_callbacks("keras"),
     )  # fmt: skip
-    model = _model()
+    model = small_model()
     trainer = tapekit.Trainer(
         model, mse, optimizer=keras.optimizers.SGD(0.05), logdir=False,
         callbacks=make_callbacks("tapekit"),
@@ -77,7 +55,7 @@ def test_keras_early_stopping_and_reduce_lr_match_keras_fit(capsys):
     np.testing.assert_allclose(got["learning_rate"], expected.history["learning_rate"], rtol=1e-6)
     assert len(set(np.round(got["learning_rate"], 6))) > 1  # the rate was reduced
     np.testing.assert_allclose(got["val_loss"], expected.history["val_loss"], rtol=1e-5)
-    _close(trainer.get_weights(), ref.get_weights())  # the best epoch's weights, restored
+    close(trainer.get_weights(), ref.get_weights(), 1e-5)  # the best epoch's weights, restored
     assert trainer.model.optimizer is trainer.optimizer
 
 
@@ -93,10 +71,10 @@ def test_keras_model_checkpoint_and_csv_logger_write_what_fit_writes(tmp_path):
 
     expected, ref, got, trainer = _both(callbacks, epochs=4)
     assert trainer.steps_per_execution is None  # no batch hooks forced one step per call
-    loaded = _model(seed=5)
+    loaded = small_model(seed=5)
     loaded.load_weights(str(tmp_path / "tapekit.weights.h5"))
-    _close(loaded.get_weights(), trainer.get_weights(), 0)  # the loss fell every epoch
-    _close(loaded.get_weights(), ref.get_weights())
+    close(loaded.get_weights(), trainer.get_weights(), 0)  # the loss fell every epoch
+    close(loaded.get_weights(), ref.get_weights(), 1e-5)
     rows = {}
     for who in ("keras", "tapekit"):
         with open(tmp_path / f"{who}.csv") as f:
@@ -112,7 +90,7 @@ def test_keras_model_checkpoint_and_csv_logger_write_what_fit_writes(tmp_path):
 
 def test_batch_hooks_stop_training_and_terminate_on_nan():
     seen = []
-    model = _model()
+    model = small_model()
 
     def on_batch(batch, logs):
         seen.append((batch, logs["loss"]))
@@ -125,7 +103,7 @@ def test_batch_hooks_stop_training_and_terminate_on_nan():
     trainer = tapekit.Trainer(
         model, mse, logdir=False, callbacks=[lam, keras.callbacks.TerminateOnNaN()]
     )
-    history = trainer.fit(_data(), epochs=5, batch_size=16, verbose=0)
+    history = trainer.fit(regression_data(), epochs=5, batch_size=16, verbose=0)
     assert history.epochs == [0, 1] and trainer.global_step == 8
     assert [b for b, _ in seen] == [0, 1, 2, 3] * 2 and all(np.isfinite(v) for _, v in seen)
     np.testing.assert_allclose(seen[7][1], history["loss"][1], rtol=1e-6)  # running mean
@@ -134,10 +112,10 @@ def test_batch_hooks_stop_training_and_terminate_on_nan():
 def test_keras_callbacks_that_cannot_work_are_refused_up_front():
     with pytest.raises(TypeError, match="BackupAndRestore cannot drive.*checkpoint_dir"):
         tapekit.Trainer(
-            _model(), mse, callbacks=[keras.callbacks.BackupAndRestore("/tmp/x")], logdir=False
+            small_model(), mse, callbacks=[keras.callbacks.BackupAndRestore("/tmp/x")], logdir=False
         )
     with pytest.raises(TypeError, match="TensorBoard cannot drive.*logdir"):
-        tapekit.Trainer(_model(), mse, callbacks=[keras.callbacks.TensorBoard()], logdir=False)
+        tapekit.Trainer(small_model(), mse, callbacks=[keras.callbacks.TensorBoard()], logdir=False)
     with pytest.raises(TypeError, match="need a keras.Model.*EarlyStopping.*ResourceVariable"):
         tapekit.Trainer(
             tf.Variable(1.0), lambda v, b: v * 1.0, logdir=False,

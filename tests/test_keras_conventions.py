@@ -13,41 +13,18 @@ import time
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from _regression import close, mse, regression_data, small_model
 
 import tapekit
-
-
-def _data(n: int = 64, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 3)).astype("float32")
-    y = x @ np.array([[1.0], [-1.0], [2.0]], "float32") + 0.3 * rng.normal(size=(n, 1))
-    return x, y.astype("float32")
-
-
-def _model(seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [keras.Input((3,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)]
-    )
-
-
-def mse(model, batch, training=True):
-    return tf.reduce_mean((model(batch[0], training=training) - batch[1]) ** 2)
-
-
-def _close(a, b, atol=1e-6) -> None:
-    for u, v in zip(a, b, strict=True):
-        np.testing.assert_allclose(u, v, atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize(
     ("monitor", "patience", "min_delta"), [("loss", 2, 0.02), ("val_loss", 1, 0.01)]
 )
 def test_early_stopping_stops_at_the_same_epoch_as_keras_fit(monitor, patience, min_delta):
-    x, y = _data()
-    val = _data(32, seed=2)
-    ref = _model()
+    x, y = regression_data()
+    val = regression_data(32, seed=2)
+    ref = small_model()
     ref.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     keras_stop = keras.callbacks.EarlyStopping(
         monitor, patience=patience, min_delta=min_delta, restore_best_weights=True
@@ -60,7 +37,7 @@ def test_early_stopping_stops_at_the_same_epoch_as_keras_fit(monitor, patience, 
         monitor, patience=patience, min_delta=min_delta, restore_best_weights=True
     )
     trainer = tapekit.Trainer(
-        _model(), mse, optimizer=keras.optimizers.SGD(0.05), logdir=False, callbacks=[stop]
+        small_model(), mse, optimizer=keras.optimizers.SGD(0.05), logdir=False, callbacks=[stop]
     )
     hist = trainer.fit(
         (x, y), epochs=40, batch_size=16, shuffle=False, validation_data=val, verbose=0
@@ -70,7 +47,7 @@ def test_early_stopping_stops_at_the_same_epoch_as_keras_fit(monitor, patience, 
     assert hist.epochs == list(range(ran)) and stop.stopped_epoch == keras_stop.stopped_epoch
     assert stop.best_epoch == keras_stop.best_epoch and stop.wait == keras_stop.wait
     np.testing.assert_allclose(hist[monitor], keras_hist.history[monitor], rtol=1e-5)
-    _close(trainer.get_weights(), ref.get_weights(), 1e-5)  # the best epoch's, restored
+    close(trainer.get_weights(), ref.get_weights(), 1e-5)  # the best epoch's, restored
 
 
 def test_early_stopping_resets_in_on_train_begin_and_keeps_the_alias():
@@ -91,8 +68,8 @@ def test_early_stopping_resets_in_on_train_begin_and_keeps_the_alias():
 
 def test_early_stopping_says_so_on_the_console(capsys):
     stop = tapekit.EarlyStopping("loss", patience=1, min_delta=1e9)
-    trainer = tapekit.Trainer(_model(), mse, logdir=False, callbacks=[stop])
-    trainer.fit(_data(), epochs=5, batch_size=32, verbose=2)
+    trainer = tapekit.Trainer(small_model(), mse, logdir=False, callbacks=[stop])
+    trainer.fit(regression_data(), epochs=5, batch_size=32, verbose=2)
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3 and out[1].startswith("epoch 2/5")
     assert out[2] == (
@@ -102,15 +79,15 @@ def test_early_stopping_says_so_on_the_console(capsys):
 
 
 def test_fit_twice_counts_epochs_in_total_and_says_when_nothing_is_left():
-    x, y = _data()
+    x, y = regression_data()
     kw = dict(batch_size=16, verbose=0, shuffle=False)  # the shuffled case: data-position tests
-    once = tapekit.Trainer(_model(), mse, logdir=False, seed=3)
+    once = tapekit.Trainer(small_model(), mse, logdir=False, seed=3)
     once.fit((x, y), epochs=3, **kw)
-    twice = tapekit.Trainer(_model(), mse, logdir=False, seed=3)
+    twice = tapekit.Trainer(small_model(), mse, logdir=False, seed=3)
     twice.fit((x, y), epochs=1, **kw)
     rest = twice.fit((x, y), epochs=3, **kw)
     assert rest.epochs == [1, 2] and twice.global_step == once.global_step == 12
-    _close(twice.get_weights(), once.get_weights(), 0)
+    close(twice.get_weights(), once.get_weights(), 0)
     with pytest.warns(UserWarning, match=r"fit\(epochs=3\) has nothing to train: 3 epoch.*"
                       r"pass epochs=6 to train 3 more") as caught:  # fmt: skip
         empty = twice.fit((x, y), epochs=3, batch_size=16, verbose=1)
@@ -119,10 +96,10 @@ def test_fit_twice_counts_epochs_in_total_and_says_when_nothing_is_left():
 
 
 def test_resume_is_announced_on_the_console(tmp_path, capsys):
-    first = tapekit.Trainer(_model(), mse, logdir=False, checkpoint_dir=tmp_path, seed=0)
-    first.fit(_data(), epochs=1, batch_size=16, verbose=0)
-    again = tapekit.Trainer(_model(), mse, logdir=False, checkpoint_dir=tmp_path, seed=0)
-    again.fit(_data(), epochs=2, batch_size=16, verbose=2)
+    first = tapekit.Trainer(small_model(), mse, logdir=False, checkpoint_dir=tmp_path, seed=0)
+    first.fit(regression_data(), epochs=1, batch_size=16, verbose=0)
+    again = tapekit.Trainer(small_model(), mse, logdir=False, checkpoint_dir=tmp_path, seed=0)
+    again.fit(regression_data(), epochs=2, batch_size=16, verbose=2)
     lines = capsys.readouterr().out.splitlines()
     assert re.fullmatch(
         r"resumed from .*ckpt-4 \(step 4\): continuing epoch 2/2 at step 0 of 4", lines[0]
@@ -147,10 +124,10 @@ def test_get_weights_interchange_with_keras_for_a_dropout_model():
     assert len(trainer.variables) > len(trainer.get_weights())  # the seed state stays out
     assert [w.shape for w in trainer.get_weights()] == [w.shape for w in other.get_weights()]
     trainer.set_weights(other.get_weights())
-    _close(model.get_weights(), other.get_weights(), 0)
-    _close(trainer.get_weights(), other.get_weights(), 0)
+    close(model.get_weights(), other.get_weights(), 0)
+    close(trainer.get_weights(), other.get_weights(), 0)
     other.set_weights([w + 1 for w in trainer.get_weights()])
-    _close(other.get_weights(), [w + 1 for w in model.get_weights()], 0)
+    close(other.get_weights(), [w + 1 for w in model.get_weights()], 0)
     with pytest.raises(ValueError, match=r"set_weights needs 8 arrays .* got 9"):
         trainer.set_weights([np.zeros(1)] * 9)
 
@@ -193,8 +170,8 @@ def _on_a_terminal(run) -> str:
 
 def test_progress_bar_on_a_terminal_and_one_line_per_epoch_with_verbose_2():
     def fit(verbose):
-        trainer = tapekit.Trainer(_model(), mse, logdir=False, callbacks=[_Slow()], seed=0)
-        return lambda: trainer.fit(_data(), epochs=2, batch_size=16, verbose=verbose)
+        trainer = tapekit.Trainer(small_model(), mse, logdir=False, callbacks=[_Slow()], seed=0)
+        return lambda: trainer.fit(regression_data(), epochs=2, batch_size=16, verbose=verbose)
 
     shown = _on_a_terminal(fit(1))
     shown = shown.replace("\r\n", "\n").replace("\x1b[K", "")  # the tty's newlines, clear-line

@@ -37,7 +37,7 @@ import tensorflow as tf
 from ..errors import TapekitError
 from .distribution import is_chief, is_multi_worker, replica_values, task_name
 
-__all__ = ["CheckpointError", "Checkpoints"]
+__all__ = ["CheckpointError", "Checkpoints", "optimizer_name"]
 
 
 class CheckpointError(TapekitError, RuntimeError):
@@ -46,6 +46,26 @@ class CheckpointError(TapekitError, RuntimeError):
 
 # What reading a truncated or partially written checkpoint raises, depending on the damage.
 _READ_ERRORS = (tf.errors.OpError, ValueError, IndexError, OSError, RuntimeError)
+
+
+def optimizer_name(optimizer: Any) -> str:
+    """The optimizer's class, with the wrapped one for a loss-scale wrapper, as recorded in
+    checkpoints.
+
+    Args:
+        optimizer: A Keras optimizer.
+
+    Returns:
+        E.g. ``"Adam"`` or ``"LossScaleOptimizer(SGD)"``.
+
+    Example:
+        >>> import keras
+        >>> optimizer_name(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD()))
+        'LossScaleOptimizer(SGD)'
+    """
+    inner = getattr(optimizer, "inner_optimizer", None)
+    name = type(optimizer).__name__
+    return f"{name}({type(inner).__name__})" if inner is not None else name
 
 
 def _check_directory(directory: str) -> None:

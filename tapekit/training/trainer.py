@@ -19,7 +19,7 @@ import tensorflow as tf
 from . import data as _data
 from .callbacks import History
 from .calls import LossCall, resolve_metrics
-from .checkpoints import Checkpoints
+from .checkpoints import Checkpoints, optimizer_name
 from .keras_callbacks import adapt_callbacks
 from .loop import run_fit
 from .model import (
@@ -272,7 +272,7 @@ class Trainer:
                 objects,
                 keep=self._keep,
                 strategy=self.strategy,
-                meta={"optimizer": type(self.optimizer).__name__},
+                meta={"optimizer": optimizer_name(self.optimizer)},
             )
             self.restored_from = self._checkpoints.restore_latest()
             if self.restored_from is not None:
