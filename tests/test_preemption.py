@@ -170,3 +170,23 @@ def test_sigint_to_a_subprocess_flushes_logs_and_keeps_the_checkpoints(tmp_path)
     acc.Reload()
     steps = [e.step for e in acc.Tensors("loss")]
     assert max(steps) >= 9  # the steps up to the interrupt reached the event file
+
+
+def test_sigterm_under_mirrored_strategy_saves_and_resumes(tmp_path, mirrored_strategy):
+    def trainer(directory, **kw):
+        return tapekit.Trainer(
+            _build, mse, optimizer="adam", checkpoint_dir=directory, logdir=False, seed=5,
+            strategy=mirrored_strategy, **kw,
+        )  # fmt: skip
+
+    reference = trainer(tmp_path / "ref")
+    reference.fit(_data(), epochs=2, batch_size=16, verbose=0)
+    run = trainer(tmp_path / "run", callbacks=[SignalAt(3, signal.SIGTERM)])
+    with pytest.raises(Preempted) as info:
+        run.fit(_data(), epochs=2, batch_size=16, verbose=0)
+    assert info.value.checkpoint.endswith("ckpt-3")
+    resumed = trainer(tmp_path / "run")
+    resumed.fit(_data(), epochs=2, batch_size=16, verbose=0)
+    assert resumed.restored_from.endswith("ckpt-3") and resumed.global_step == 8
+    for a, b in zip(resumed.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
