@@ -9,30 +9,27 @@ flagged. The script prints the precision among the top k (k = the number of flip
 against the k / n a random pick would get, and checks `tapekit.per_example_grads` against a
 plain loop of one tape per example on a few of them.
 
-TensorBoard (`tensorboard --logdir logs/12_per_example_gradients`): histograms of the gradient
+TensorBoard (`python3 dev.py board logs/12_per_example_gradients`): histograms of the gradient
 norms of all, clean and flipped examples (Histograms / Distributions), the precision (Scalars),
 and the flagged indices with their norms as a table (Text).
 """
 
 from __future__ import annotations
 
+import tapekit.quiet  # noqa: F401 - first: hides TensorFlow's C++ start-up lines
+
 import argparse
-import os
 import shutil
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-from tapekit._quiet import quiet_tensorflow  # noqa: E402
+import tapekit
 
-quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tapekit  # noqa: E402
+from _common import logs_hint
 
 CLASSES, FEATURES = 5, 16
 
@@ -154,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         tf.summary.text("flagged_examples", table, step=0)
     writer.close()
     print(f"done in {time.perf_counter() - started:.1f} s")
-    print(f"TensorBoard: tensorboard --logdir {args.logdir}")
+    print(logs_hint(args.logdir))
     return 0
 
 

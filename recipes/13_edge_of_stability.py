@@ -10,30 +10,27 @@ at two step sizes. The sharpness is `tapekit.curvature.top_eigenvalues` of the f
 (Lanczos over `tapekit.hvp`, warm-started from the previous eigenvector), measured every
 `--every` steps.
 
-Run it with `python recipes/13_edge_of_stability.py`, then `tensorboard --logdir
-logs/13_edge_of_stability`: one run per step size with `loss`, the sharpness
-(`curvature/top_eigenvalue`), `two_over_eta` and `learning_rate` (the Custom Scalars tab draws
-sharpness and 2/η of every run on one chart; `tapekit inspect` reports them).
+Run it with `python3 dev.py run 13`, then `python3 dev.py board logs/13_edge_of_stability`: one run
+per step size with `loss`, the sharpness (`curvature/top_eigenvalue`), `two_over_eta` and
+`learning_rate` (the Custom Scalars tab draws sharpness and 2/η of every run on one chart; `python3
+dev.py inspect` reports them).
 """
 
 from __future__ import annotations
 
+import tapekit.quiet  # noqa: F401 - first: hides TensorFlow's C++ start-up lines
+
 import argparse
-import os
 import shutil
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
 
-from tapekit._quiet import quiet_tensorflow  # noqa: E402
+from tapekit import curvature
+from tapekit.board.gradient_flow import write_layout
 
-quiet_tensorflow()  # hide TensorFlow's C++ start-up messages (errors still raise)
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from tapekit import curvature  # noqa: E402
-from tapekit.board.gradient_flow import write_layout  # noqa: E402
+from _common import logs_hint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -151,10 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             f"loss {out['loss'][0]:.4f} -> {out['loss'][-1]:.6f}, rose in {bumps} steps"
         )
         ok = ok and abs(end * eta / 2 - 1) <= 0.1 and start * eta / 2 < 0.5
-    print(
-        f"\nSharpness ends at 2/eta for every step size: {'yes' if ok else 'NO'}. "
-        f"Logs: tensorboard --logdir {args.logdir}"
-    )
+    print(f"\nSharpness ends at 2/eta for every step size: {'yes' if ok else 'NO'}.")
+    print(logs_hint(args.logdir))
     return 0 if ok else 1
 
 

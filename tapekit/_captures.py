@@ -64,8 +64,15 @@ def captured_objects(fn: Callable) -> tuple:
 
 
 def _collect(fn: Any, cells: list, names: list, depth: int) -> None:
-    """Add the closure cells and (globals, name) pairs of user function ``fn`` (see watcher)."""
+    """Add the closure cells and (globals, name) pairs of user function ``fn`` (see watcher).
+
+    Attributes count too: for a bound method (``hessian(model.loss)``) and for the user
+    objects ``fn`` reaches through its closure or globals, each attribute whose name ``fn``'s
+    code uses is watched as an ``(obj.__dict__, name)`` pair, so ``self.scale = ...`` is seen.
+    """
+    owners = []
     if inspect.ismethod(fn):
+        owners.append(fn.__self__)
         fn = fn.__func__
     while isinstance(fn, functools.partial):
         fn = fn.func
@@ -95,10 +102,27 @@ def _collect(fn: Any, cells: list, names: list, depth: int) -> None:
         if all(not (g is glob and n == name) for g, n in names):
             names.append((glob, name))
             nested.append(value)
+    used = _code_names(code)
+    for obj in [*owners, *nested]:
+        attrs = _user_attributes(obj)
+        for name in sorted(used & attrs.keys()):
+            if all(not (g is attrs and n == name) for g, n in names):
+                names.append((attrs, name))
     if depth == 0:
         for value in nested:
             if inspect.isfunction(value) and value is not fn:
                 _collect(value, cells, names, depth + 1)
+
+
+def _user_attributes(obj: Any) -> dict:
+    """``obj.__dict__`` for an instance of a user class (not a module, function, class or an
+    object of a library, whose attributes are its own business); else an empty dict."""
+    if isinstance(obj, (types.ModuleType, types.FunctionType, types.MethodType, type)):
+        return {}
+    if (type(obj).__module__ or "").split(".")[0] in _LIBRARIES:
+        return {}
+    attrs = getattr(obj, "__dict__", None)
+    return attrs if isinstance(attrs, dict) else {}
 
 
 def _code_names(code: types.CodeType) -> set[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ._compile import _variable
+from ._tensors import variable as _variable
 from .errors import describe_received
 from .hessians import hvp
 

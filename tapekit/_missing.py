@@ -200,7 +200,9 @@ def _first_cut(starts: list[tf.Tensor], below: set, reads: dict) -> tuple[str, d
         seen.add(op)
         label = f"'{op.name}' ({op.type})"
         if op.type.startswith(_STATEFUL_WRITES):
-            if op.inputs and reads.get(op.inputs[0].ref(), -1) > op._id:  # read after it
+            # the value written (not the variable's own handle) is read back for the targets
+            written = op.inputs and op.inputs[0].ref() != via.ref()
+            if written and reads.get(op.inputs[0].ref(), -1) > op._id:
                 return "assign_cut", {"op": label}
             continue
         if op not in below:  # off the path, but it may feed an assignment the targets read
@@ -208,6 +210,8 @@ def _first_cut(starts: list[tf.Tensor], below: set, reads: dict) -> tuple[str, d
                 frontier.extend((c, o) for o in op.outputs for c in o.consumers())
             continue
         verdict = _op_verdict(op, via)
+        if verdict == "none":
+            return "no_gradient_op", {"op": op.type}
         if verdict == "cut":
             return "no_input_gradient", {"op": label}
         if verdict == "pass":
@@ -215,14 +219,32 @@ def _first_cut(starts: list[tf.Tensor], below: set, reads: dict) -> tuple[str, d
     return None
 
 
+_OP_VERDICTS: dict[tuple, str] = {}  # (op type, input index, float inputs) -> verdict
+
+
 def _op_verdict(op: Any, via: tf.Tensor) -> str:
-    """``"pass"`` (the gradient flows), ``"stop"`` (no gradient by design) or ``"cut"``."""
+    """:func:`_op_verdict_of`, cached per op type and input (a gradient function is called
+    once per kind of op, not once per op of every trace)."""
+    floats = tuple(_tensors.is_float(i) for i in op.inputs)
+    index = next((k for k, i in enumerate(op.inputs) if i.ref() == via.ref()), -1)
+    key = (op.type, index, floats, tuple(_tensors.is_float(o) for o in op.outputs))
+    verdict = _OP_VERDICTS.get(key)
+    if verdict is None:
+        verdict = _op_verdict_of(op, via)
+        if op.type not in ("PartitionedCall", "StatefulPartitionedCall", "If", "While"):
+            _OP_VERDICTS[key] = verdict  # function-calling ops depend on their body
+    return verdict
+
+
+def _op_verdict_of(op: Any, via: tf.Tensor) -> str:
+    """``"pass"`` (the gradient flows), ``"stop"`` (no gradient by design), ``"cut"`` (none
+    for this input) or ``"none"`` (no gradient registered for the op)."""
     if op.outputs and not any(_tensors.is_float(o) for o in op.outputs):
         return "stop"  # an integer result (tf.argmax, an integer cast): no gradient by design
     try:
         grad_fn = _ops.get_gradient_function(op)
     except LookupError:
-        return "cut"  # no registered gradient at all (the tape raises for this itself)
+        return "none"  # no registered gradient at all (the tape raises for this itself)
     if grad_fn is None:
         return "stop"  # registered as not differentiable (tf.stop_gradient and the like)
     try:

@@ -18,7 +18,6 @@ from tensorflow.python.eager import record as _record
 from . import _diagnose, _missing, _tensors, _vectorize
 
 _NONE = _tensors.NONE
-_ZERO = _tensors.ZERO
 
 
 class Nested:
@@ -159,7 +158,9 @@ class Nested:
                 try:
                     # None here means a zero derivative: the previous one was connected. The
                     # result is densified where the outer tapes record it (for the next order).
-                    out.append(_tensors.dense(tape.gradient(g, src, unconnected_gradients=_ZERO)))
+                    out.append(
+                        _tensors.dense(tape.gradient(g, src, unconnected_gradients=_tensors.ZERO))
+                    )
                 except LookupError as exc:
                     op, _ = _diagnose.no_gradient_op(tape, [_tensors.dense(g)], [src], exc)
                     found = [(j, "no_gradient_op", {"op": op})]
@@ -202,7 +203,7 @@ class Nested:
                 targets,
                 [src[j] for j in live],
                 output_gradients=cotangents,
-                unconnected_gradients=_ZERO,
+                unconnected_gradients=_tensors.ZERO,
             )
 
         with self.recording(()):

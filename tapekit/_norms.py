@@ -16,7 +16,8 @@ from typing import Any
 
 import tensorflow as tf
 
-_ZERO = tf.UnconnectedGradients.ZERO
+from . import _tensors
+
 _ADDS = ("AddV2", "Add", "BiasAdd")
 
 
@@ -76,7 +77,7 @@ def example_norm(
     uses = _uses(new_ops, sources) if new_ops else [[] for _ in sources]
     shortcuts = [_shortcut(u, v) for u, v in zip(uses, sources)]
     targets = [s[0] if s else v for s, v in zip(shortcuts, sources)]
-    grads = tape.gradient(loss, targets, unconnected_gradients=_ZERO)
+    grads = tape.gradient(loss, targets, unconnected_gradients=_tensors.ZERO)
     squares = [
         s[1](g) if s else tf.reduce_sum(tf.square(tf.convert_to_tensor(g)))
         for s, g in zip(shortcuts, grads)

@@ -41,7 +41,6 @@ __all__ = [
     "src_dtype",
 ]
 
-_ZERO = _tensors.ZERO
 _warned: set[tuple[str, str]] = set()
 
 

@@ -14,14 +14,13 @@ from typing import Any
 
 import tensorflow as tf
 
-from . import _args, _compile, _mapping, _norms
+from . import _args, _calls, _compile, _mapping, _norms, _tensors
 from ._args import fn_name
 from ._mapping import Axes
 from .errors import describe_received
 
 __all__ = ["per_example_grad_norms", "per_example_grads", "vmap"]
 
-_ZERO = tf.UnconnectedGradients.ZERO
 _INSTANCES = itertools.count()  # a unique cache key per per_example_grads function
 
 
@@ -98,7 +97,7 @@ def vmap(
         # variable would be aliased with the same variable read from fn's closure, and a later
         # call with another variable of that shape would be read in its place.
         args, kwargs = tf.nest.map_structure(_value_of_variable, (args, kwargs))
-        call = _compile.make_call(fn, args, kwargs, (), "vmap")
+        call = _calls.make_call(fn, args, kwargs, (), "vmap")
         return _compile.run(fn, "vmap", options, core, call, compile=True, jit_compile=False)
 
     vmap_fn.__name__ = vmap_fn.__qualname__ = f"vmap_of_{fn_name(fn)}"
@@ -111,7 +110,7 @@ _compile.no_autograph(vmap)
 
 
 def _value_of_variable(leaf: Any) -> Any:
-    return leaf if _compile._variable(leaf) is None else tf.convert_to_tensor(leaf)
+    return leaf if _tensors.variable(leaf) is None else tf.convert_to_tensor(leaf)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,16 +135,16 @@ def _variables_of(variables: Any, transform: str) -> Any:
             f"{type(variables).__name__}. Pass a Keras model/layer or a nest of tf.Variables."
         )
     for path, leaf in zip(_args.leaf_paths(variables), leaves):
-        if _compile._variable(leaf) is None:
+        if _tensors.variable(leaf) is None:
             raise TypeError(
                 f"{transform} needs `variables` to be a Keras model/layer or a nest of "
                 f"tf.Variables / Keras variables, but variables{path} is "
                 f"{describe_received(leaf)}. For gradients w.r.t. tensor arguments use "
                 f"tapekit.vmap(tapekit.grad(f), in_axes=...)."
             )
-        if not _compile._variable(leaf).dtype.is_floating:
+        if not _tensors.variable(leaf).dtype.is_floating:
             raise TypeError(
-                f"{transform}: variables{path} has dtype {_compile._variable(leaf).dtype.name}, "
+                f"{transform}: variables{path} has dtype {_tensors.variable(leaf).dtype.name}, "
                 f"which has no gradient. Pass floating-point variables only."
             )
     return variables
@@ -176,7 +175,7 @@ def _per_example(
     _args.check_callable(per_example_loss, transform)
     _mapping.check_options(in_axes, 0, chunk_size, fallback)
     variables = _variables_of(variables, transform)
-    flat_vars = [_compile._variable(v) for v in tf.nest.flatten(variables)]
+    flat_vars = [_tensors.variable(v) for v in tf.nest.flatten(variables)]
     structure = tf.nest.map_structure(lambda _: 0, variables)
     what = f"{transform}({fn_name(per_example_loss)})"
 
@@ -196,7 +195,7 @@ def _per_example(
             if norms:  # dense layers without their per-example gradient matrices
                 new_ops = graph.get_operations()[start:] if graph is not None else []
                 return _norms.example_norm(tape, loss, sources, new_ops)
-            grads = tape.gradient(loss, sources, unconnected_gradients=_ZERO)
+            grads = tape.gradient(loss, sources, unconnected_gradients=_tensors.ZERO)
             return [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices from tf.gather
 
         out = _mapping.map_call(

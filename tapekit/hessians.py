@@ -19,8 +19,6 @@ from ._args import ArgNums
 
 __all__ = ["hessian", "hvp"]
 
-_ZERO = _tensors.ZERO
-
 
 def _scalar(fn: Callable, call: _calls.Call, transform: str) -> tf.Tensor:
     def select(out: Any) -> list[tf.Tensor]:
@@ -38,7 +36,7 @@ def _gradient(fn: Callable, call: _calls.Call, what: str) -> list[tf.Tensor]:
     with tf.GradientTape(watch_accessed_variables=False) as inner:
         inner.watch(call.sources)
         value = _scalar(fn, call, what)
-    grads = inner.gradient(value, call.sources, unconnected_gradients=_ZERO)
+    grads = inner.gradient(value, call.sources, unconnected_gradients=_tensors.ZERO)
     return [_tensors.dense(g) for g in grads]
 
 
@@ -51,7 +49,9 @@ def _hessian_core(single: bool, mode: str, chunk_size: int | None, has_aux: bool
             def jvp(tangents: list[tf.Tensor]) -> list[tf.Tensor]:
                 with tf.autodiff.ForwardAccumulator(sources, tangents) as acc:
                     grads = _gradient(fn, call, "hessian")
-                return [_tensors.dense(acc.jvp(g, unconnected_gradients=_ZERO)) for g in grads]
+                return [
+                    _tensors.dense(acc.jvp(g, unconnected_gradients=_tensors.ZERO)) for g in grads
+                ]
 
             outputs = [tf.convert_to_tensor(s) for s in sources]
             return _vectorize.forward(jvp, sources, outputs, chunk_size=chunk_size, what="hessian")
@@ -64,7 +64,7 @@ def _hessian_core(single: bool, mode: str, chunk_size: int | None, has_aux: bool
 
             def vjp(cotangents: list[tf.Tensor]) -> list[Any]:
                 return outer.gradient(
-                    grads, sources, output_gradients=cotangents, unconnected_gradients=_ZERO
+                    grads, sources, output_gradients=cotangents, unconnected_gradients=_tensors.ZERO
                 )
 
             return _vectorize.reverse(vjp, grads, sources, chunk_size=chunk_size, what="hessian")
@@ -98,9 +98,10 @@ def hessian(
             mode) or ``"auto"`` (currently ``"rev"``, the faster of the two on CPU). Both give
             the same matrix up to rounding.
         compile: Run in a ``tf.function`` cached per ``fn``, options and input shapes/dtypes
-            (default). ``False`` runs ``fn`` eagerly. As with ``tf.function``, Python values
-            ``fn`` reads from its closure or attributes are fixed when it is traced (tensors
-            and variables are read at each call); pass changing numbers as arguments.
+            (default). ``False`` runs ``fn`` eagerly. Tensors and variables are read at each
+            call, and a closure or global name of ``fn`` rebound to another object is traced
+            again; Python values read through attributes are fixed when it is traced, as with
+            ``tf.function``: pass changing numbers as arguments.
         jit_compile: Compile with XLA as well.
         chunk_size: Compute at most this many rows at once (bounds memory for large inputs).
         has_aux: If True, ``fn`` returns ``(value, aux)`` and the new function returns
@@ -153,14 +154,14 @@ def _hvp_core(fn: Callable, call: _calls.Call) -> tuple[Any, ...]:
     def forward() -> list[tf.Tensor]:
         with tf.autodiff.ForwardAccumulator(sources, tangents) as acc:
             grads = _gradient(fn, call, "hvp")
-        return [acc.jvp(g, unconnected_gradients=_ZERO) for g in grads]
+        return [acc.jvp(g, unconnected_gradients=_tensors.ZERO) for g in grads]
 
     def reverse() -> list[Any]:  # d/dx <grad f(x), v>: also never forms H
         with tf.GradientTape(watch_accessed_variables=False) as outer:
             outer.watch(sources)
             grads = _gradient(fn, call, "hvp")
         return outer.gradient(
-            grads, sources, output_gradients=tangents, unconnected_gradients=_ZERO
+            grads, sources, output_gradients=tangents, unconnected_gradients=_tensors.ZERO
         )
 
     products = [_tensors.dense(p) for p in _vectorize.forward_or_reverse(forward, reverse)]

@@ -17,7 +17,6 @@ from ._args import ArgNums
 
 __all__ = ["batch_jacobian", "jacfwd", "jacobian", "jacrev"]
 
-_ZERO = _tensors.ZERO
 _NONE = _tensors.NONE
 
 
@@ -52,7 +51,10 @@ def _jacobian_core(
 
             def vjp(cotangents: list[tf.Tensor]) -> list[Any]:
                 return tape.gradient(
-                    flat_out, call.sources, output_gradients=cotangents, unconnected_gradients=_ZERO
+                    flat_out,
+                    call.sources,
+                    output_gradients=cotangents,
+                    unconnected_gradients=_tensors.ZERO,
                 )
 
             return out, _vectorize.reverse(
@@ -66,7 +68,7 @@ def _jacobian_core(
                 with tf.autodiff.ForwardAccumulator(call.sources, tangents) as acc:
                     result = fn(*call.args, **call.kwargs)
                 seen.append(result)
-                jvps = [acc.jvp(o, unconnected_gradients=_ZERO) for o in outputs(result)]
+                jvps = [acc.jvp(o, unconnected_gradients=_tensors.ZERO) for o in outputs(result)]
                 return [_tensors.dense(t) for t in jvps]
 
             if _vectorize.size(call.sources, batch) == 0:
@@ -126,7 +128,9 @@ def _batch_convention(
     with tf.autodiff.ForwardAccumulator(call.sources, probe) as acc:
         result = fn(*call.args, **call.kwargs)
     leaks = [
-        tf.reduce_max(tf.abs(tf.cast(acc.jvp(o, unconnected_gradients=_ZERO)[1:], tf.float32)))
+        tf.reduce_max(
+            tf.abs(tf.cast(acc.jvp(o, unconnected_gradients=_tensors.ZERO)[1:], tf.float32))
+        )
         for o in outputs(result)
     ]
     interacting = tf.reduce_max(tf.stack(leaks)) > 0.0
@@ -192,9 +196,10 @@ def jacobian(
             input), ``"fwd"`` (Jacobian-vector products, best for few inputs) or ``"auto"``,
             which picks forward mode when the input has fewer elements than the output. Where
             TensorFlow cannot run ``fn`` in forward mode (e.g. ``tf.map_fn``), reverse is used.
-        compile: Run in a cached ``tf.function`` (default). ``False`` runs ``fn`` eagerly. As
-            with ``tf.function``, Python values ``fn`` reads from its closure or attributes are
-            fixed when it is traced (tensors and variables are read at each call).
+        compile: Run in a cached ``tf.function`` (default). ``False`` runs ``fn`` eagerly.
+            Tensors and variables are read at each call, and a closure or global name of ``fn``
+            rebound to another object is traced again; Python values read through attributes
+            are fixed when it is traced, as with ``tf.function``.
         jit_compile: Compile with XLA as well.
         chunk_size: Compute at most this many rows/columns at once (bounds memory for large
             Jacobians); ``None`` computes them all at once.

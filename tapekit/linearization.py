@@ -13,13 +13,12 @@ from typing import Any
 
 import tensorflow as tf
 
-from . import _args
+from . import _args, _tensors
+from ._tangents import flatten_like as _flatten_like
+from ._tangents import match_dtype_shape as _match_dtype_shape
 from ._tensors import split_aux
-from .jacobians import _flatten_like, _match_dtype_shape
 
 __all__ = ["linearize"]
-
-_ZERO = tf.UnconnectedGradients.ZERO
 
 
 def linearize(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
@@ -84,10 +83,10 @@ def linearize(fn: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, 
         with tf.GradientTape(watch_accessed_variables=False) as outer:
             outer.watch(us)
             vjps = tape.gradient(
-                flat_out, sources, output_gradients=us, unconnected_gradients=_ZERO
+                flat_out, sources, output_gradients=us, unconnected_gradients=_tensors.ZERO
             )
             dots = [tf.reduce_sum(tf.convert_to_tensor(g) * t) for g, t in zip(vjps, flat_t)]
-        jt = outer.gradient(dots, us, unconnected_gradients=_ZERO)
+        jt = outer.gradient(dots, us, unconnected_gradients=_tensors.ZERO)
         return tf.nest.pack_sequence_as(out, [tf.convert_to_tensor(g) for g in jt])
 
     jvp_fn.__name__ = jvp_fn.__qualname__ = f"linearized_{_args.fn_name(fn)}"

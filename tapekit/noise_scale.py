@@ -23,8 +23,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from ._compile import _variable
-from ._vectorize import dense
+from ._tensors import ZERO, dense, variable
+from .batching import per_example_grads
 from .errors import describe_received
 
 __all__ = ["gradient_noise_scale"]
@@ -38,7 +38,7 @@ def _variables_of(variables: Any) -> list[Any]:
         found = list(variables.trainable_variables)
     else:
         found = tf.nest.flatten(variables)
-    found = [v if (inner := _variable(v)) is None else inner for v in found]
+    found = [v if (inner := variable(v)) is None else inner for v in found]
     if not found:
         raise ValueError(
             "gradient_noise_scale needs at least one variable, but `variables` holds none. "
@@ -60,19 +60,8 @@ def _mean_gradient(loss_fn: Callable, variables: list[Any], args: tuple) -> list
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(variables)
         loss = tf.reduce_mean(loss_fn(*args))
-    grads = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    grads = tape.gradient(loss, variables, unconnected_gradients=ZERO)
     return [dense(g) for g in grads]
-
-
-def _per_example_grads(loss_fn: Callable, variables: list[Any], args: tuple) -> list[tf.Tensor]:
-    """Gradients of each example's loss, with a leading batch axis (one pfor over the batch)."""
-    # TODO(lead): use tapekit.per_example_grads once merged (the same numbers, one place).
-
-    def one(example: tuple) -> list[tf.Tensor]:
-        batched = tf.nest.map_structure(lambda t: tf.expand_dims(t, 0), example)
-        return _mean_gradient(loss_fn, variables, tuple(batched))
-
-    return tf.vectorized_map(one, args)
 
 
 def _chunk_grads(
@@ -165,6 +154,7 @@ def gradient_noise_scale(
         )
     params = _variables_of(variables)
     dtype = tf.as_dtype(params[0].dtype)
+    per_example = per_example_grads(per_example_loss, params) if method == "per_example" else None
 
     def check(args: tuple) -> int:
         losses = per_example_loss(*args)
@@ -188,7 +178,7 @@ def gradient_noise_scale(
     def estimate(*args: Any) -> dict[str, tf.Tensor]:
         size = tf.cast(tf.shape(tf.nest.flatten(args)[0])[0], dtype)
         if method == "per_example":
-            grads = _per_example_grads(per_example_loss, params, args)
+            grads = list(per_example(*args))
             mean = [tf.reduce_mean(g, 0) for g in grads]
             small = tf.reduce_mean(_squared_norm(grads, axis=0))  # |G_1|², averaged
             return _estimates(small, _squared_norm(mean), tf.constant(1.0, dtype), size)

@@ -16,8 +16,6 @@ from . import _args, _grads, _tensors
 
 __all__ = ["partial", "partials"]
 
-_ZERO = _tensors.ZERO
-
 
 def _is_nest(x: Any) -> bool:
     return isinstance(x, (dict, list, tuple))
@@ -232,8 +230,8 @@ def partial(fn: Callable, *wrt: str | int) -> Callable:
                 where = f"parameter `{name}`"
                 return _grads.first_gradient(tape, out, src, with_value, fn, "partial", where)
             if out.shape.rank == 0:
-                return _tensors.dense(tape.gradient(out, src, unconnected_gradients=_ZERO))
-            return tape.jacobian(out, src, unconnected_gradients=_ZERO)
+                return _tensors.dense(tape.gradient(out, src, unconnected_gradients=_tensors.ZERO))
+            return tape.jacobian(out, src, unconnected_gradients=_tensors.ZERO)
 
         return level(len(names))
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from . import _args, _calls, _compile, _missing, _tangents, _tensors, _vectorize
+from . import _args, _calls, _compile, _diagnose, _missing, _tangents, _tensors, _vectorize
+from .errors import DisconnectedGradientError
 
 __all__ = ["jvp", "vjp"]
 
-_ZERO = _tensors.ZERO
 _NONE = _tensors.NONE
 
 
@@ -88,17 +88,28 @@ def jvp(
         us = [tf.zeros_like(o) for o in flat_out]
         with tf.GradientTape(watch_accessed_variables=False) as outer:
             outer.watch(us)
-            gs = inner.gradient(flat_out, watch, output_gradients=us, unconnected_gradients=_ZERO)
+            gs = inner.gradient(
+                flat_out, watch, output_gradients=us, unconnected_gradients=_tensors.ZERO
+            )
             gs = [_tensors.dense(g) for g in gs]
         flat_t = outer.gradient(gs, us, output_gradients=tans, unconnected_gradients=_NONE)
         return out, flat_t, aux
 
-    out, flat_t, aux = _vectorize.forward_or_reverse(forward, reverse)
-    flat_out = tf.nest.flatten(out)
     positions = list(range(len(primals)))
     call = _calls.Call(call_args, {}, positions, watch, structs)
     retrace = _missing.retrace(fn, call, lambda o: tf.nest.flatten(split(o)[0]))
     names = lambda: _missing.labels(fn, positions, structs, wheres)  # noqa: E731
+    try:
+        out, flat_t, aux = _vectorize.forward_or_reverse(forward, reverse)
+    except LookupError as exc:  # an op without a registered gradient: name it, as grad does
+        if isinstance(exc, DisconnectedGradientError):
+            raise
+        found = retrace(list(range(len(watch)))) or [
+            (j, "no_gradient_op", {"op": _diagnose.no_gradient_op(None, [], [], exc)[0]})
+            for j in range(len(watch))
+        ]
+        raise _missing.error("jvp", names(), found, watch) from exc
+    flat_out = tf.nest.flatten(out)
     _missing.check(flat_out, watch, "jvp", names, retrace)  # forward mode gives zeros for a cut
     flat_t = [tf.zeros_like(o) if t is None else t for t, o in zip(flat_t, flat_out)]
     tangent_out = tf.nest.pack_sequence_as(out, flat_t)

@@ -22,11 +22,9 @@ import tensorflow as tf
 from tensorflow.python.eager import forwardprop_util as _forwardprop_util
 from tensorflow.python.eager import record as _record
 
-from . import _args, _compile
+from . import _args, _compile, _tensors
 
 __all__ = ["checkpoint", "remat"]
-
-_ZERO = tf.UnconnectedGradients.ZERO
 
 
 def _is_input(leaf: Any) -> bool:
@@ -114,7 +112,10 @@ def checkpoint(fn: Callable) -> Callable:
                         redo = [tf.convert_to_tensor(o) for o in tf.nest.flatten(call(again))]
                 cots = [tf.zeros_like(r) if d is None else d for r, d in zip(redo, douts)]
                 grads = tape.gradient(
-                    redo, again + watched, output_gradients=cots, unconnected_gradients=_ZERO
+                    redo,
+                    again + watched,
+                    output_gradients=cots,
+                    unconnected_gradients=_tensors.ZERO,
                 )
                 grads = [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices from gathers
                 n = len(again)

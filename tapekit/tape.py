@@ -20,7 +20,6 @@ from .errors import describe_received
 
 __all__ = ["Tape"]
 
-_ZERO = _tensors.ZERO
 _UNCONNECTED = ("raise", "zero", "none")
 
 

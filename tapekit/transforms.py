@@ -19,7 +19,6 @@ from ._args import ArgNums
 
 __all__ = ["derivative", "grad", "value_and_grad"]
 
-_ZERO = _tensors.ZERO
 _dense = _tensors.dense
 
 
@@ -213,7 +212,7 @@ def derivative(fn: Callable[[tf.Tensor], tf.Tensor], order: int = 1) -> Callable
                 out = level(k - 1)
             if k == 1:
                 return _grads.first_gradient(tape, out, src, fn, fn, "derivative", "the points `x`")
-            return _dense(tape.gradient(out, src, unconnected_gradients=_ZERO))
+            return _dense(tape.gradient(out, src, unconnected_gradients=_tensors.ZERO))
 
         return level(order)
 

@@ -6,13 +6,11 @@ the one physical CPU is split into two logical CPUs, giving MirroredStrategy two
 
 from __future__ import annotations
 
-import os
+import tapekit.quiet  # noqa: F401 - first: TensorFlow's C++ start-up lines stay hidden (xdist too)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
 
 _cpus = tf.config.list_physical_devices("CPU")
 try:

@@ -20,6 +20,21 @@ def test_float32_inputs_use_float64_differences():
     tk.check_grads(lambda x: tf.math.softplus(x) ** 2, (x,), order=2)
 
 
+def test_float32_custom_gradient_off_by_1e3_is_caught():
+    @tf.custom_gradient
+    def sine(x):
+        return tf.sin(x), lambda dy: dy * (tf.cos(x) + 1e-3)  # wrong by 1e-3
+
+    @tf.custom_gradient
+    def right(x):
+        return tf.sin(x), lambda dy: dy * tf.cos(x)
+
+    x = np.array([0.3, -1.2, 2.0], np.float32)
+    tk.check_grads(right, (x,), modes=("rev",))  # the right one passes in float32
+    with pytest.raises(AssertionError, match=r"order-1 derivative of `sine` in rev mode.*x\[\d\]"):
+        tk.check_grads(sine, (x,), modes=("rev",))
+
+
 def test_nested_arguments():
     params = {"w": np.array([0.5, -0.4]), "b": np.float64(0.1)}
     tk.check_grads(lambda p, x: tf.tanh(p["w"] * x + p["b"]), (params, np.array([1.0, 2.0])))

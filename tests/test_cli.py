@@ -322,11 +322,14 @@ def test_board_missing_logdir_says_what_to_run_first(tmp_path, capsys):
     assert "does not exist. Run a recipe first" in capsys.readouterr().err
 
 
-def test_board_busy_port_is_a_clear_error(tmp_path, capsys):
+@pytest.mark.slow
+def test_board_busy_port_is_a_clear_error(tmp_path):
+    # A subprocess: TensorBoard starts its data server before it finds the port taken, and that
+    # helper ends with its parent process (in-process, it would outlive the test).
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert cli.main(["board", str(tmp_path), "--port", str(port)]) == 2
-    err = capsys.readouterr().err
-    assert "TensorBoard could not start" in err and "Try another --port" in err
+        result = tapekit("board", str(tmp_path), "--port", str(port))
+    assert result.returncode == 2
+    assert "TensorBoard could not start" in result.stderr and "Try another --port" in result.stderr

@@ -300,3 +300,81 @@ def test_vectorization_fallback_warns_once():
     np.testing.assert_allclose(
         j1, tapekit.jacobian(f, mode="fwd")(tf.constant([0.1, 0.5, 0.3])), rtol=1e-6
     )
+
+
+# ---------------------------------------------------------------- README promises (issue 16)
+
+
+def _wrong_in_reverse():
+    """sin with a custom gradient that is deliberately wrong (3 cos): only reverse mode uses it,
+    forward mode differentiates the forward op, so the result shows which mode ran."""
+
+    @tf.custom_gradient
+    def sin(x):
+        return tf.sin(x), lambda dy: dy * 3.0 * tf.cos(x)
+
+    return sin
+
+
+def test_auto_mode_picks_forward_for_a_smaller_input_and_reverse_otherwise():
+    sin = _wrong_in_reverse()
+    small_in = lambda x: tf.stack([sin(x[0]), 2.0 * sin(x[0]), x[0]])  # noqa: E731 - R¹ -> R³
+    x = tf.constant([0.5])
+    c = np.cos(0.5)
+    np.testing.assert_allclose(tapekit.jacobian(small_in)(x)[:, 0], [c, 2 * c, 1.0], rtol=1e-6)
+    big_in = lambda x: tf.reduce_sum(sin(x))[None]  # noqa: E731 - R³ -> R¹: reverse, wrong grad
+    x3 = tf.constant([0.1, 0.2, 0.3])
+    np.testing.assert_allclose(tapekit.jacobian(big_in)(x3)[0], 3.0 * np.cos(x3.numpy()), rtol=1e-6)
+
+
+def test_forward_mode_through_map_fn_and_cond_matches_closed_forms():
+    x = tf.constant([0.5, -1.0, 2.0])
+    xn = x.numpy()
+    mapped = lambda x: tf.map_fn(lambda r: r**3, x)  # noqa: E731
+    cond = lambda x: tf.cond(x[0] > 0, lambda: tf.sin(x) * x, lambda: x**2)  # noqa: E731
+    for compile in (True, False):
+        np.testing.assert_allclose(
+            tapekit.jacobian(mapped, mode="fwd", compile=compile)(x), np.diag(3 * xn**2), rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            tapekit.jacobian(cond, mode="fwd", compile=compile)(x),
+            np.diag(np.cos(xn) * xn + np.sin(xn)),
+            rtol=1e-6,
+        )
+
+
+def test_tape_route_and_hessian_route_agree_with_the_closed_form():
+    x = tf.constant([0.3, -0.7], tf.float64)
+    f = lambda x: tf.reduce_sum(x**3) * x[0]  # noqa: E731
+    a, b = x.numpy()
+    closed = np.array([[12 * a**2, 3 * b**2], [3 * b**2, 6 * a * b]])  # ∂² (a³ + b³) a
+    with tapekit.Tape(persistent=True, watch=x) as outer:
+        with tapekit.Tape(watch=x) as inner:
+            y = f(x)
+        g = inner.gradient(y, x)
+    np.testing.assert_allclose(outer.jacobian(g, x), closed, rtol=1e-12)
+    outer.release()
+    for mode in ("rev", "fwd"):
+        np.testing.assert_allclose(tapekit.hessian(f, mode=mode)(x), closed, rtol=1e-12)
+
+
+def test_hvp_with_jit_compile_matches_the_closed_form():
+    f = lambda x: tf.reduce_sum(tf.sin(x) * x)  # noqa: E731 - H = diag(2 cos x - x sin x)
+    x, v = tf.constant([0.2, 1.1, -0.4]), tf.constant([1.0, -2.0, 0.5])
+    (hv,) = tapekit.hvp(f, (x,), (v,), jit_compile=True)
+    xn = x.numpy()
+    np.testing.assert_allclose(hv, (2 * np.cos(xn) - xn * np.sin(xn)) * v.numpy(), rtol=1e-5)
+
+
+def test_partials_and_partial_inside_tf_function():
+    f = lambda x, y: x**2 * y + tf.sin(y)  # noqa: E731
+
+    @tf.function
+    def both(x, y):
+        d = tapekit.partials(f)(x, y)
+        return d["x"], d["y"], tapekit.partial(f, "x", "y")(x, y)
+
+    dx, dy, dxy = both(tf.constant(3.0), tf.constant(0.5))
+    assert float(dx) == pytest.approx(3.0)  # 2 x y
+    assert float(dy) == pytest.approx(9.0 + np.cos(0.5))  # x² + cos y
+    assert float(dxy) == pytest.approx(6.0)  # 2 x

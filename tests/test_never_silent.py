@@ -109,6 +109,25 @@ def test_closure_tensor_rebound_in_the_enclosing_scope():
     np.testing.assert_allclose(h(X2), 10.0 * np.eye(2))
 
 
+class _Scaled:
+    def __init__(self, s: float) -> None:
+        self.s = tf.constant(s)
+
+    def loss(self, x):
+        return self.s * tf.reduce_sum(x**2)
+
+
+def test_an_attribute_rebound_on_the_object_of_a_method_or_closure_is_seen():
+    obj = _Scaled(1.0)
+    by_method = tk.hessian(obj.loss)
+    by_closure = tk.hessian(lambda x: obj.s * tf.reduce_sum(x**2))
+    for h in (by_method, by_closure):
+        np.testing.assert_allclose(h(X2), 2.0 * np.eye(2))
+    obj.s = tf.constant(4.0)  # a new tensor on the same object: both must answer with it
+    for h in (by_method, by_closure):
+        np.testing.assert_allclose(h(X2), 8.0 * np.eye(2))
+
+
 def test_a_rebuilt_global_keras_model_gives_its_own_hessian():
     global net
     answers = []
@@ -250,6 +269,28 @@ def test_op_without_registered_gradient_is_also_a_lookup_error():
         tk.grad(f)(x)
     with pytest.raises(DisconnectedGradientError):
         tk.grad(f)(x)
+    g = lambda x: tf.unique(x)[0] * 2.0  # noqa: E731
+    for run in (
+        lambda: tk.jacobian(g)(x),
+        lambda: tk.jacobian(g, compile=False)(x),
+        lambda: tk.hessian(f)(x),
+        lambda: tk.jvp(g, (x,), (x,)),
+        lambda: tk.vjp(g, x),
+    ):
+        with pytest.raises(LookupError, match=r"Unique") as info:
+            run()
+        assert isinstance(info.value, DisconnectedGradientError)
+        assert causes(info) == ["no_gradient_op"]
+
+
+def test_the_vectorization_warning_gives_the_reason_without_autographs_frames():
+    from tapekit import _vectorize
+
+    exc = ValueError(
+        'in user code:\n\n    File "/x.py", line 3, in f  *\n        return g(x)\n\n'
+        "    ValueError: Attempted to stack a variant-dtype tensor (in pfor)\n"
+    )
+    assert _vectorize._reason(exc) == "Attempted to stack a variant-dtype tensor"
 
 
 def test_by_design_zero_gradients_stay_zero_as_in_jax():
@@ -407,3 +448,13 @@ def test_batch_jacobian_is_the_diagonal_blocks_of_jacobian():
             np.testing.assert_allclose(blocks[b], full[b, :, b, :], rtol=1e-5)
             for other in set(range(4)) - {b}:
                 assert not np.any(full[b, :, other, :])  # off-diagonal blocks really are zero
+
+
+def test_assigning_the_differentiated_variable_itself_is_not_a_cut():
+    v = tf.Variable(2.0)
+
+    def f(x):
+        v.assign(3.0)  # the read below is a read of v itself
+        return v * x
+
+    assert float(tk.grad(f, variables=[v])(tf.constant(5.0))[v.name]) == 5.0

@@ -17,6 +17,8 @@ from typing import Any
 import tensorflow as tf
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 
+from .. import _tensors
+
 __all__ = ["GradientLogger", "variable_tags"]
 
 _SUFFIX = re.compile(r":\d+$")
@@ -105,22 +107,15 @@ def _when(pred: bool | tf.Tensor, body: Callable[[], None]) -> None:
     tf.cond(pred, on, lambda: tf.constant(False))
 
 
-def _dense(g: Any) -> tf.Tensor:
-    if isinstance(g, tf.IndexedSlices):
-        return tf.convert_to_tensor(g)
-    return g
-
-
 def _norm(g: Any) -> tf.Tensor:
-    g = _dense(g)
+    g = _tensors.dense(g)
     if g.dtype in (tf.float16, tf.bfloat16):
         g = tf.cast(g, tf.float32)
     return tf.cast(tf.norm(tf.reshape(g, [-1])), tf.float32)
 
 
 def _read(v: Any) -> tf.Tensor:
-    inner = getattr(v, "value", None)
-    return tf.convert_to_tensor(inner if isinstance(inner, tf.Variable) else v)
+    return tf.convert_to_tensor(_tensors.tf_value(v))
 
 
 def histogram(name: str, data: Any, step: Any = None, buckets: int = 30) -> Any:
@@ -310,7 +305,7 @@ class GradientLogger:
     ) -> None:
         with tf.name_scope(""), self.writer.as_default(step=step):
             for tag, g in pairs:
-                histogram(f"gradients/{tag}", _dense(g))
+                histogram(f"gradients/{tag}", _tensors.dense(g))
             for tag, w in weights:
                 histogram(f"weights/{tag}", w)
 

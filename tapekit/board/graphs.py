@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from .. import _tensors
 from .._args import check_callable, fn_name
 from .._graphdef import readable
 from ..errors import describe_received
@@ -144,7 +145,7 @@ def _with_gradients(fn: Callable) -> Callable:
         sources = leaves + list(tape.watched_variables())
         if not sources:
             return out, []
-        grads = tape.gradient(targets, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = tape.gradient(targets, sources, unconnected_gradients=_tensors.ZERO)
         return out, [tf.convert_to_tensor(g) for g in grads]
 
     return value_and_gradients

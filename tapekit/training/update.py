@@ -87,6 +87,16 @@ class OptimizerUpdate:
         self.last_grads: Any = None  # trace-time: the newest applied gradient (per replica)
         self.tokens: list[tf.Tensor] = []  # trace-time: one per apply of the current step
         self.probing = False  # while the step is traced only to check it: apply nothing
+        # On one replica the update sits in its tf.cond branch as one call of a function that
+        # is not inlined: a lowered cond costs a little for every op of its branches, and the
+        # update has many (measured with benchmarks/training.py).
+        self._noinline: Any = None
+        if self.replicas == 1:
+            self._noinline = tf.function(
+                lambda g, keep: strategy.run(self._apply_local, args=(g, keep, ())),
+                autograph=False,
+                experimental_attributes={"_noinline": True},
+            )
 
     # -- replica side ------------------------------------------------------------------------
 
@@ -189,7 +199,10 @@ class OptimizerUpdate:
         finite, loss_ok = first_local(strategy, (finite, loss_ok))
 
         def run(after: Sequence[Any] = ()) -> tf.Tensor:
-            strategy.run(self._apply_local, args=(grads, keep, after))
+            if self._noinline is not None:  # one call op in the branch (see __init__)
+                self._noinline(list(grads), keep)
+            else:
+                strategy.run(self._apply_local, args=(grads, keep, after))
             return tf.constant(True)
 
         if self.on_nonfinite == "skip":
