@@ -18,13 +18,16 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "BestCheckpoint": ".training",
     "Callback": ".training",
     "CheckpointError": ".training",
     "CurvatureMonitor": ".training.curvature_monitor",
     "DisconnectedGradientError": ".errors",
     "EarlyStopping": ".training",
     "History": ".training",
+    "LearningRateScheduler": ".training",
     "NonFiniteError": ".errors",
+    "ReduceLROnPlateau": ".training",
     "StepContext": ".training",
     "Tape": ".tape",
     "TapekitError": ".errors",
@@ -55,13 +58,16 @@ _EXPORTS = {
 _SUBPACKAGES = ("board", "curvature", "explainer", "training")
 
 __all__ = [
+    "BestCheckpoint",
     "Callback",
     "CheckpointError",
     "CurvatureMonitor",
     "DisconnectedGradientError",
     "EarlyStopping",
     "History",
+    "LearningRateScheduler",
     "NonFiniteError",
+    "ReduceLROnPlateau",
     "StepContext",
     "Tape",
     "TapekitError",
@@ -103,7 +109,17 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .products import jvp, vjp
     from .recompute import checkpoint, remat
     from .tape import Tape
-    from .training import Callback, CheckpointError, EarlyStopping, History, StepContext, Trainer
+    from .training import (
+        BestCheckpoint,
+        Callback,
+        CheckpointError,
+        EarlyStopping,
+        History,
+        LearningRateScheduler,
+        ReduceLROnPlateau,
+        StepContext,
+        Trainer,
+    )
     from .training.curvature_monitor import CurvatureMonitor
     from .transforms import derivative, grad, value_and_grad
 

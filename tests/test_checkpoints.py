@@ -198,3 +198,57 @@ def test_sigkill_mid_epoch_then_restart_matches_an_uninterrupted_run(tmp_path):
     for k in weights:
         np.testing.assert_allclose(a[k], b[k], atol=1e-5, rtol=0)
     np.testing.assert_allclose(a["loss"][-1], b["loss"][-1], rtol=1e-5)
+
+
+def test_checkpoint_dir_that_is_a_file_fails_before_the_first_step(tmp_path):
+    target = tmp_path / "ckpt"
+    target.write_text("not a directory")
+    trainer = _trainer(target)
+    with pytest.raises(tapekit.CheckpointError, match=r"must be a directory, but .*ckpt.* a file"):
+        trainer.fit(_data(), batch_size=16, verbose=0)
+    assert trainer.global_step == 0
+    with pytest.raises(tapekit.CheckpointError, match=r"must be writable, but .*sub.*is not"):
+        _trainer(target / "sub").fit(_data(), batch_size=16, verbose=0)
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs the read-only /sys")
+def test_read_only_checkpoint_dir_fails_before_the_first_step():
+    trainer = _trainer("/sys/kernel/tapekit-ckpt")  # read-only even for root
+    with pytest.raises(tapekit.CheckpointError, match="must be writable.*Pass a writable"):
+        trainer.fit(_data(), batch_size=16, verbose=0)
+    assert trainer.global_step == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_unwritable_checkpoint_dir_fails_before_the_first_step(tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        trainer = _trainer(tmp_path)
+        with pytest.raises(tapekit.CheckpointError, match="must be writable"):
+            trainer.fit(_data(), batch_size=16, verbose=0)
+        assert trainer.global_step == 0
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_checkpoint_of_another_optimizer_is_refused(tmp_path):
+    _trainer(tmp_path, optimizer="adam").fit(_data(), epochs=1, batch_size=16, verbose=0)
+    sgd = _trainer(tmp_path, optimizer="sgd")
+    with pytest.raises(
+        tapekit.CheckpointError, match=r"written with optimizer Adam, but this Trainer uses SGD"
+    ):
+        sgd.fit(_data(), epochs=2, batch_size=16, verbose=0)
+    same = _trainer(tmp_path, optimizer=keras.optimizers.Adam(1e-3))
+    same.evaluate(_data(), batch_size=16)
+    assert same.restored_from.endswith("ckpt-4")
+
+
+def test_temp_leftovers_of_a_killed_save_are_removed(tmp_path):
+    _trainer(tmp_path).fit(_data(), epochs=1, batch_size=16, verbose=0)
+    leftover = tmp_path / "ckpt-6_temp"  # what tf.train.Checkpoint leaves when killed mid-save
+    leftover.mkdir()
+    (leftover / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\0" * 64)
+    resumed = _trainer(tmp_path)
+    resumed.fit(_data(), epochs=2, batch_size=16, verbose=0)
+    assert resumed.restored_from.endswith("ckpt-4") and not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if "_temp" in p.name) == []

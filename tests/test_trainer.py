@@ -383,9 +383,10 @@ def test_callbacks_protocol_and_early_stopping_restores_best():
 
     stop = tapekit.EarlyStopping(monitor="loss", patience=1, min_delta=1e9, restore_best=True)
     trainer = _train(epochs=10, steps_per_execution=2, callbacks=[Recorder(), Snapshot(), stop])
-    assert stop.stopped_epoch == 2 and stop.best_epoch == 0 and trainer.epoch == 3
+    # Keras' rule: stop when wait >= patience, i.e. after 1 epoch without improvement.
+    assert stop.stopped_epoch == 1 and stop.best_epoch == 0 and trainer.epoch == 2
     assert events[0] == "begin" and events[-1] == "end"
-    assert [e[1] for e in events if e[0] == "step"] == [2, 4, 5, 7, 9, 10, 12, 14, 15]
+    assert [e[1] for e in events if e[0] == "step"] == [2, 4, 5, 7, 9, 10]
     _close(trainer.get_weights(), snapshots[0], 0)
     with pytest.raises(KeyError, match="val_loss.*validation_data"):
         _train(epochs=1, callbacks=[tapekit.EarlyStopping()])

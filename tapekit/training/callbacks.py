@@ -1,4 +1,4 @@
-"""The callback protocol, with the built-in History, EarlyStopping and console printer.
+"""The callback protocol, with the built-in History and EarlyStopping.
 
 A callback is any object with some of the methods of :class:`Callback` (missing ones are
 skipped). ``logs`` are dicts of Python floats: ``loss``, the extras of ``loss_fn``, every metric,
@@ -7,27 +7,35 @@ compiled execution (every ``steps_per_execution`` steps) and only when some call
 so the hot loop stays free of Python work otherwise; its ``logs`` hold ``step`` only (reading
 the loss would cost a device round trip; read ``trainer`` state if you need it).
 
-The console printer is an ordinary callback the Trainer adds when ``verbose > 0``: one uniform
-line per epoch, ``epoch 3/10 | step 120 | loss 0.412 | ... | 142 steps/s | ETA 3s``; nothing
-else in the training package prints.
+The console printer (:mod:`tapekit.training.progress`) is an ordinary callback the Trainer adds
+when ``verbose > 0``. ``EarlyStopping`` follows ``keras.callbacks.EarlyStopping`` (same stopping
+epoch, same restored weights); :func:`monitor_mode` is the "auto" mode shared by the callbacks
+that watch a value.
 """
 
 from __future__ import annotations
 
-import math
-import sys
 from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import Any
 
 __all__ = [
     "Callback",
     "CallbackList",
     "EarlyStopping",
     "History",
-    "ProgressPrinter",
-    "format_duration",
-    "format_line",
+    "monitor_mode",
+    "monitor_value",
 ]
+
+_CONSOLE = ("ProgressPrinter", "format_duration", "format_line")
+
+
+def __getattr__(name: str) -> Any:  # the console moved to .progress; old imports keep working
+    if name in _CONSOLE:
+        from . import progress
+
+        return getattr(progress, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Callback:
@@ -152,16 +160,80 @@ class History(Callback):
         return f"History(epochs={self.epochs}, step={self.step}, keys={sorted(self.history)})"
 
 
+def monitor_mode(monitor: str, mode: str) -> str:
+    """Resolve ``mode`` ("auto", "min" or "max") for the logs key ``monitor``.
+
+    "auto" is "max" for names containing acc/auc/precision/recall/f1 and "min" otherwise.
+
+    Args:
+        monitor: The logs key, e.g. ``"val_loss"``.
+        mode: "auto", "min" or "max".
+
+    Returns:
+        "min" or "max".
+
+    Raises:
+        ValueError: For another ``mode``.
+
+    Example:
+        >>> monitor_mode("val_acc", "auto"), monitor_mode("val_loss", "auto")
+        ('max', 'min')
+    """
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}.")
+    if mode == "auto":
+        keys = ("acc", "auc", "precision", "recall", "f1")
+        return "max" if any(k in monitor for k in keys) else "min"
+    return mode
+
+
+def monitor_value(owner: str, monitor: str, logs: dict[str, float] | None) -> float:
+    """``logs[monitor]`` as a float, or a ``KeyError`` that lists the keys there are.
+
+    Args:
+        owner: The callback's name, for the message.
+        monitor: The key.
+        logs: The epoch's values.
+
+    Returns:
+        The value.
+
+    Raises:
+        KeyError: If ``monitor`` is not in ``logs``.
+
+    Example:
+        >>> monitor_value("EarlyStopping", "loss", {"loss": 0.5})
+        0.5
+    """
+    logs = logs or {}
+    if monitor not in logs:
+        raise KeyError(
+            f"{owner} monitors {monitor!r}, which is not among the epoch's values "
+            f"{sorted(logs)}. Pick one of those (validation values need validation_data)."
+        )
+    return float(logs[monitor])
+
+
 class EarlyStopping(Callback):
-    """Stop training when a monitored value has stopped improving.
+    """Stop training when a monitored value has stopped improving, as Keras' ``EarlyStopping``.
+
+    Each epoch end without improvement adds one to ``wait``; an improvement resets it to 0; when
+    ``wait >= patience`` (and the epoch is not the first) training stops after this epoch. So
+    ``patience=2`` stops after two epochs in a row without improvement, at the same epoch as
+    ``keras.callbacks.EarlyStopping(patience=2)`` in ``keras.Model.fit``. The state is reset in
+    ``on_train_begin``, so one object can serve several ``fit`` calls (it is not checkpointed:
+    after a resume, patience counts from the resumed epoch, as with Keras' ``BackupAndRestore``).
 
     Args:
         monitor: The logs key to watch, e.g. ``"val_loss"`` or ``"val_accuracy"``.
-        mode: ``"min"``, ``"max"``, or ``"auto"`` (max for names containing "acc"/"auc"/
-            "precision"/"recall", else min).
+        mode: ``"min"``, ``"max"``, or ``"auto"`` (see :func:`monitor_mode`).
         patience: Epochs without improvement before stopping.
         min_delta: The smallest change that counts as an improvement.
-        restore_best: At the end of training, put back the weights of the best epoch.
+        restore_best_weights: At the end of training, put back the weights of the best epoch
+            (Keras' name).
+        restore_best: Alias of ``restore_best_weights``.
+        baseline: Training stops unless the value beats this within ``patience`` epochs.
+        start_from_epoch: Epochs to wait before watching at all.
 
     Raises:
         ValueError: For an unknown ``mode`` or a negative ``patience``; ``KeyError`` at the first
@@ -169,10 +241,13 @@ class EarlyStopping(Callback):
 
     Example:
         >>> stop = EarlyStopping(monitor="loss", patience=1)
+        >>> stop.on_train_begin()
         >>> for epoch, loss in enumerate([1.0, 0.5, 0.6, 0.7]):
         ...     stop.on_epoch_end(epoch, {"loss": loss})
-        >>> stop.stopped_epoch, stop.best
-        (3, 0.5)
+        ...     if stop.stopped_epoch is not None:
+        ...         break
+        >>> stop.stopped_epoch, stop.best, stop.best_epoch
+        (2, 0.5, 1)
     """
 
     def __init__(
@@ -182,46 +257,55 @@ class EarlyStopping(Callback):
         mode: str = "auto",
         patience: int = 0,
         min_delta: float = 0.0,
-        restore_best: bool = False,
+        restore_best_weights: bool = False,
+        restore_best: bool | None = None,
+        baseline: float | None = None,
+        start_from_epoch: int = 0,
     ) -> None:
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"EarlyStopping mode must be 'auto', 'min' or 'max', got {mode!r}.")
-        if patience < 0:
-            raise ValueError(f"EarlyStopping patience must be >= 0, got {patience}.")
-        if mode == "auto":
-            keys = ("acc", "auc", "precision", "recall")
-            mode = "max" if any(k in monitor for k in keys) else "min"
-        self.monitor, self.mode, self.patience = monitor, mode, patience
-        self.min_delta, self.restore_best = abs(min_delta), restore_best
-        self.best = math.inf if mode == "min" else -math.inf
-        self.best_epoch: int | None = None
-        self.stopped_epoch: int | None = None
-        self.wait = 0
-        self._best_weights: list[Any] | None = None
+        super().__init__()
+        if not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"EarlyStopping patience must be an int >= 0, got {patience!r}.")
+        self.monitor, self.mode = monitor, monitor_mode(monitor, mode)
+        self.patience, self.min_delta = patience, abs(min_delta)
+        self.restore_best = restore_best_weights if restore_best is None else restore_best
+        self.baseline, self.start_from_epoch = baseline, start_from_epoch
+        self.on_train_begin()
+
+    @property
+    def restore_best_weights(self) -> bool:
+        """Keras' name of ``restore_best``."""
+        return self.restore_best
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-        self.wait, self.stopped_epoch = 0, None
+        self.wait = 0
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.stopped_epoch: int | None = None
+        self._best_weights: list[Any] | None = None
 
-    def _improved(self, value: float) -> bool:
+    def _improved(self, value: float, reference: float | None) -> bool:
+        if reference is None:
+            return True
         if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+            return value + self.min_delta < reference
+        return value - self.min_delta > reference
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        logs = logs or {}
-        if self.monitor not in logs:
-            raise KeyError(
-                f"EarlyStopping monitors {self.monitor!r}, which is not among the epoch's values "
-                f"{sorted(logs)}. Pick one of those (validation values need validation_data)."
-            )
-        value = float(logs[self.monitor])
-        if self._improved(value):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
-            if self.restore_best and self.trainer is not None:
-                self._best_weights = self.trainer.get_weights()
+        value = monitor_value("EarlyStopping", self.monitor, logs)
+        if epoch < self.start_from_epoch:
             return
+        weights = self.restore_best and self.trainer is not None
+        if weights and self._best_weights is None:  # as Keras: the first epoch is the fallback
+            self._best_weights, self.best_epoch = self.trainer.get_weights(), epoch
         self.wait += 1
-        if self.wait > self.patience:
+        if self._improved(value, self.best):
+            self.best, self.best_epoch = value, epoch
+            if weights:
+                self._best_weights = self.trainer.get_weights()
+            if self.baseline is None or self._improved(value, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             if self.trainer is not None:
                 self.trainer.stop_training = True
@@ -230,69 +314,15 @@ class EarlyStopping(Callback):
         if self.restore_best and self._best_weights is not None and self.trainer is not None:
             self.trainer.set_weights(self._best_weights)
 
-
-# -- console ---------------------------------------------------------------------------------
-
-_LAST = ("steps_per_second",)
-
-
-def format_duration(seconds: float) -> str:
-    """``"42s"``, ``"3m05s"`` or ``"1h02m"``.
-
-    Example:
-        >>> format_duration(3.2), format_duration(185), format_duration(3725)
-        ('3s', '3m05s', '1h02m')
-    """
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def _number(value: float) -> str:
-    if math.isnan(value) or math.isinf(value):
-        return str(value)
-    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
-        return f"{value:.3e}"
-    return f"{value:.4g}" if abs(value) >= 1 else f"{value:.3f}"
-
-
-def format_line(epoch: int, epochs: int, step: int, logs: dict[str, Any], eta: float | None) -> str:
-    """The epoch line: epoch, step, every value of ``logs``, steps/s and ETA.
-
-    Example:
-        >>> format_line(2, 10, 120, {"loss": 0.4123, "acc": 0.91, "steps_per_second": 142.3}, 3)
-        'epoch 3/10 | step 120 | loss 0.412 | acc 0.910 | 142 steps/s | ETA 3s'
-    """
-    parts = [f"epoch {epoch + 1}/{epochs}", f"step {step}"]
-    parts += [f"{k} {_number(float(v))}" for k, v in logs.items() if k not in _LAST]
-    if "steps_per_second" in logs:
-        parts.append(f"{logs['steps_per_second']:.0f} steps/s")
-    if eta is not None:
-        parts.append(f"ETA {format_duration(eta)}")
-    return " | ".join(parts)
-
-
-class ProgressPrinter(Callback):
-    """Prints :func:`format_line` at every epoch end (the Trainer adds it for ``verbose > 0``)."""
-
-    def __init__(self, epochs: int, stream: TextIO | None = None) -> None:
-        super().__init__()
-        self.epochs = epochs
-        self.stream = stream
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        logs = dict(logs or {})
-        eta = None
-        rate = logs.get("steps_per_second")
-        remaining = getattr(self.trainer, "remaining_steps", None)
-        if rate and remaining is not None:
-            eta = remaining / rate
-        step = self.trainer.global_step if self.trainer is not None else 0
-        print(
-            format_line(epoch, self.epochs, step, logs, eta),
-            file=self.stream or sys.stdout,
-            flush=True,
+    def stop_message(self) -> str | None:
+        """Why training stopped (None if this callback did not stop it); the console prints it."""
+        if self.stopped_epoch is None:
+            return None
+        best = ""
+        if self.best is not None and self.best_epoch is not None:
+            best = f", best {self.best:.4g} at epoch {self.best_epoch + 1}"
+        restored = "; restored the weights of that epoch" if self.restore_best else ""
+        return (
+            f"early stopping after epoch {self.stopped_epoch + 1}: {self.monitor} did not improve "
+            f"for {self.wait} epoch(s) (patience {self.patience}{best}){restored}"
         )

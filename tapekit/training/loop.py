@@ -160,6 +160,8 @@ class FitLoop:
         hook: Any,
         guard: Callable[..., Any],
         should_stop: Callable[[], bool],
+        printer: Any = None,
+        interrupt: Callable[[Callable[[], str | None]], None] | None = None,
     ) -> None:
         """Train until ``epochs`` epochs are complete (see ``Trainer.fit``).
 
@@ -173,6 +175,11 @@ class FitLoop:
             hook: The logging hook (``write_graph``, ``epoch_end``, ``flush``, ``close``).
             guard: ``guard(fn, *args)`` calls a compiled function, translating its errors.
             should_stop: Asked after every execution and epoch: stop now?
+            printer: The console (``update(in_epoch, read_loss)`` after every execution) or
+                None.
+            interrupt: ``interrupt(save_now)`` after every execution and epoch end: may save
+                at the exact position (``save_now()`` returns the checkpoint path or None) and
+                raise, e.g. on SIGTERM (see :mod:`tapekit.training.preemption`).
         """
         ds, per_epoch, meta = plan
         state, steps = self.state, self.steps
@@ -189,10 +196,15 @@ class FitLoop:
         last_saved = step
         self.remaining_steps = (epochs - first_epoch) * per_epoch - in_epoch
 
-        def save(in_epoch: int) -> None:
+        def save(in_epoch: int) -> str:
             state.epoch_step.assign(in_epoch)
             state.position.assign(base + k * (step - start_step))
-            checkpoints.save(step)
+            return checkpoints.save(step)
+
+        def save_now() -> str | None:  # the exact position (e.g. on SIGTERM)
+            if checkpoints is None:
+                return None
+            return checkpoints.latest() if last_saved == step else save(in_epoch)
 
         try:
             callbacks.on_train_begin()
@@ -219,6 +231,10 @@ class FitLoop:
                         save(in_epoch)
                         last_saved = step
                     callbacks.on_step_end(step, {"step": step})
+                    if printer is not None:  # redraws (and reads the loss) a few times a second
+                        printer.update(in_epoch, lambda: steps.train_means.result().get("loss"))
+                    if interrupt is not None:
+                        interrupt(save_now)
                     if should_stop():
                         stopped = True
                         break
@@ -256,6 +272,8 @@ class FitLoop:
                     extra = {**_learning_rates(optimizers), "steps_per_second": rate}
                     hook.epoch_end(step, train_vals, val_logs, extra)
                 callbacks.on_epoch_end(epoch, logs)
+                if interrupt is not None:
+                    interrupt(save_now)
                 if should_stop():
                     break
             if hook is not None:

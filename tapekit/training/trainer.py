@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
-import keras
-import numpy as np
 import tensorflow as tf
 
 from . import data as _data
-from .callbacks import CallbackList, History, ProgressPrinter
-from .checkpoints import Checkpoints
-from .distribution import is_chief
+from . import fit_setup as _setup
+from .callbacks import History
+from .keras_callbacks import adapt_callbacks
 from .loop import FitLoop
-from .model import all_variables
 from .parts import (
     ASSEMBLY_ARGS,
     OPTION_ARGS,
@@ -27,12 +25,14 @@ from .parts import (
     checkpoint_objects,
     run_guarded,
 )
+from .predict import Predictor, choose_model
 from .summaries import BoardHook, choose_logdir
+from .view import StateView
 
 __all__ = ["Trainer"]
 
 
-class Trainer:
+class Trainer(StateView):
     """A compiled, strategy-aware training loop for Keras models, ``tf.Module``s and variables.
 
     Two forms, one machinery: ``Trainer(model, loss_fn, optimizer=...)`` trains ``loss_fn``'s
@@ -70,7 +70,8 @@ class Trainer:
         checkpoint_dir: Directory for checkpoints; a new Trainer pointed at it resumes.
         keep_checkpoints: How many checkpoints to keep.
         checkpoint_every: Also save every this many steps (default: at epoch ends only).
-        callbacks: Objects following the :class:`tapekit.Callback` protocol.
+        callbacks: :class:`tapekit.Callback` objects, or ``keras.callbacks`` ones for one
+            ``keras.Model`` (see :mod:`tapekit.training.keras_callbacks`).
         seed: Seeds the data shuffle, ``trainer.rng`` and (before a factory runs) the global
             Keras/TF/NumPy seeds. Two runs with a seed are bitwise equal on CPU.
         strategy: A ``tf.distribute.Strategy`` (default: the current one); batches are GLOBAL
@@ -132,85 +133,27 @@ class Trainer:
         given = locals()
         check_options(**{k: given[k] for k in OPTION_ARGS})
         parts = assemble(**{k: given[k] for k in ASSEMBLY_ARGS})
-        self.models, self.model, self.optimizers = parts.models, parts.model, parts.optimizers
-        self.trainable_variables = parts.trainable_variables
-        self._call, self._state, self._steps = parts.call, parts.state, parts.steps
-        default_name = getattr(self.model, "name", None) if models is None else None
-        self.name = name or default_name or "run"
-        self._loop = FitLoop(
-            self._steps,
-            self._state,
+        loop = FitLoop(
+            parts.steps,
+            parts.state,
             strategy=strategy,
             accumulate=accumulate_steps,
             steps_per_execution=steps_per_execution,
         )
+        super().__init__(parts, loop)
+        default_name = getattr(self.model, "name", None) if models is None else None
+        self.name = name or default_name or "run"
         self.steps_per_execution, self.accumulate_steps = steps_per_execution, accumulate_steps
         self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
         self._keep, self._ckpt_every = keep_checkpoints, checkpoint_every
-        self._checkpoints: Checkpoints | None = None
-        self.callbacks = list(callbacks)
+        self.callbacks = adapt_callbacks(callbacks, self.models)  # keras.callbacks.* wrapped
         self.logdir = choose_logdir(logdir, self.name)
         self._log_every, self._histogram_every = log_every, histogram_every
         self._hook: Any = None
-        self._ready = False
+        self._ready = self.stop_training = False
         self.restored_from: str | None = None
-        self.stop_training = False
-
-    # -- public state ------------------------------------------------------------------------
-
-    @property
-    def optimizer(self) -> keras.optimizers.Optimizer:
-        """The optimizer (with several, an error: use ``trainer.optimizers[name]``)."""
-        if len(self.optimizers) != 1:
-            raise AttributeError(
-                f"This Trainer has several optimizers ({', '.join(self.optimizers)}); use "
-                "trainer.optimizers[name]."
-            )
-        return next(iter(self.optimizers.values()))
-
-    @property
-    def global_step(self) -> int:
-        """Optimizer steps done so far (restored from a checkpoint on resume)."""
-        return int(self._state.step.numpy())
-
-    @property
-    def epoch(self) -> int:
-        """Completed epochs."""
-        return int(self._state.epoch.numpy())
-
-    @property
-    def remaining_steps(self) -> int | None:
-        """Steps left in the running ``fit`` (None before the first ``fit``)."""
-        return self._loop.remaining_steps
-
-    @property
-    def rng(self) -> tf.random.Generator:
-        """A seeded ``tf.random.Generator`` saved in checkpoints, for the user's own noise."""
-        return self._state.rng
-
-    @property
-    def skipped_steps(self) -> int:
-        """Steps skipped because of non-finite values (``on_nonfinite="skip"``)."""
-        return int(self._state.skipped.numpy())
-
-    @property
-    def metrics(self) -> list[keras.metrics.Metric]:
-        """The Keras metric objects the Trainer updates."""
-        return list(self._call.metrics) if self._call is not None else []
-
-    @property
-    def variables(self) -> list[Any]:
-        """Every variable of the model(s) (trainable and not), as saved by ``get_weights``."""
-        return all_variables(self.models)
-
-    def get_weights(self) -> list[np.ndarray]:
-        """Copies of every model variable's value, as NumPy arrays."""
-        return [np.array(v.numpy()) for v in self.variables]
-
-    def set_weights(self, weights: Sequence[Any]) -> None:
-        """Assign values (in ``get_weights`` order) to the model's variables."""
-        for v, w in zip(self.variables, weights, strict=True):
-            v.assign(w)
+        self._announce: str | None = None  # the restore the next fit's console announces
+        self._predictors: dict[str, Predictor] = {}
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -223,10 +166,10 @@ class Trainer:
             objects = checkpoint_objects(
                 self.model, self.variables, self.optimizers, self._state, self._steps
             )
-            self._checkpoints = Checkpoints(
-                self.checkpoint_dir, objects, keep=self._keep, strategy=self.strategy
+            self._checkpoints = _setup.open_checkpoints(
+                self.checkpoint_dir, objects, self.optimizers, self._keep, self.strategy
             )
-            self.restored_from = self._checkpoints.restore_latest()
+            self.restored_from = self._announce = self._checkpoints.restore_latest()
         self._open_logs()
         self._ready = True
 
@@ -260,6 +203,10 @@ class Trainer:
                 f"fit/step/evaluate first; checkpoint_dir is {self.checkpoint_dir!r}."
             )
         return self._checkpoints.save(self.global_step)
+
+    def _flush(self) -> None:
+        if self._hook is not None:
+            self._hook.flush()
 
     def close(self) -> None:
         """Flush and close the TensorBoard writers (a later ``fit`` opens new ones)."""
@@ -326,6 +273,50 @@ class Trainer:
         self._ensure_ready(ds.element_spec)
         return self._steps.evaluate(ds, _data.steps_per_epoch(ds, steps, 1))
 
+    def predict(
+        self,
+        data: Any,
+        *,
+        batch_size: int | None = None,
+        steps: int | None = None,
+        model: str | None = None,
+    ) -> Any:
+        """The model's outputs over ``data`` in inference mode, like ``keras.Model.predict``.
+
+        Args:
+            data: Inputs: arrays (a nest of them) with ``batch_size``, or a batched
+                ``tf.data.Dataset``; a tuple ``(x, y)`` / ``(x, y, w)`` contributes ``x`` only.
+            batch_size: Batch size for array data.
+            steps: Batches to run (default: all).
+            model: With several models (``models={...}``), the name of the one to run.
+
+        Returns:
+            NumPy arrays concatenated over the batches, in the nest of one model output.
+
+        Raises:
+            TypeError: If the model is not callable (e.g. bare variables).
+            ValueError: If the Trainer has a ``checkpoint_dir`` that was not restored yet (it
+                is restored at the first ``fit``/``step``/``evaluate``), for bad ``steps``, or
+                if ``model`` is missing (several models) or names none of them.
+
+        Example:
+            >>> import keras, numpy as np, tapekit
+            >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+            >>> trainer = tapekit.Trainer(model, lambda m, b: 0.0, logdir=False)
+            >>> trainer.predict(np.ones((5, 2), "float32"), batch_size=2).shape
+            (5, 1)
+        """
+        if self.checkpoint_dir is not None and not self._ready:
+            raise ValueError(
+                f"predict would use the initial weights: the checkpoints in checkpoint_dir="
+                f"{self.checkpoint_dir!r} are restored at the first fit/step/evaluate (they "
+                "need a training batch). Call trainer.evaluate(validation_data) first."
+            )
+        name = choose_model(self.models, model)
+        if name not in self._predictors:
+            self._predictors[name] = Predictor(self.models[name], self.strategy)
+        return self._predictors[name](data, batch_size, steps)
+
     def fit(
         self,
         data: Any,
@@ -342,7 +333,10 @@ class Trainer:
 
         A ``fit`` continues where the last one stopped (returned, raised, or was killed and
         resumed from ``checkpoint_dir``): at the same step and the next example of the data, so
-        ``fit(epochs=1)`` then ``fit(epochs=3)`` equals one ``fit(epochs=3)``.
+        ``fit(epochs=1)`` then ``fit(epochs=3)`` equals one ``fit(epochs=3)`` (``epochs``
+        counts over every call and resume, as Keras' ``BackupAndRestore`` does). A call with
+        nothing left to train warns and returns an empty History; to train ``n`` more, pass
+        ``epochs=trainer.epoch + n``.
 
         Args:
             data: A batched ``tf.data.Dataset``, arrays / a tuple or dict of arrays, or None
@@ -353,17 +347,23 @@ class Trainer:
             validation_data: Evaluated at each epoch end (values get a ``val_`` prefix).
             validation_batch_size: Batch size for array validation data (default batch_size).
             shuffle: Shuffle array data every epoch (seeded by ``seed``).
-            verbose: 0 prints nothing, 1 prints one line per epoch (on the chief only).
+            verbose: 0 prints nothing, 2 one line per epoch, 1 also a progress bar within the
+                epoch when the console is a terminal (on the chief only), see
+                :mod:`tapekit.training.progress`.
 
         Returns:
             A :class:`tapekit.History` with per-epoch values and the final step.
 
         Raises:
             NonFiniteError: On a non-finite loss or gradient (``on_nonfinite="raise"``).
-            CheckpointError: If ``checkpoint_dir`` holds checkpoints none of which is readable.
+            CheckpointError: If ``checkpoint_dir`` is not a writable directory, or holds
+                checkpoints none of which is readable or that other optimizers wrote.
             ValueError: If the data is empty, runs out, or differs mid-epoch from the data the
                 saved position was recorded for.
             OSError: If ``logdir`` is not writable (before any training).
+            Preempted: On SIGTERM, after the running execution and a checkpoint at the exact
+                position (``SystemExit`` 42, see :mod:`tapekit.training.preemption`).
+            KeyboardInterrupt: On SIGINT, after the running execution (nothing saved).
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"fit needs epochs >= 1 (an int), got {epochs!r}.")
@@ -371,30 +371,31 @@ class Trainer:
             data, batch_size=batch_size, steps_per_epoch=steps_per_epoch, shuffle=shuffle
         )
         self._ensure_ready(None if plan[0] is None else plan[0].element_spec)
-        validation = None
-        if validation_data is not None:
-            val_ds = _data.as_dataset(
-                validation_data,
-                argument="validation_data",
-                batch_size=_data.validation_batch_size(
-                    validation_data, validation_batch_size, batch_size
-                ),
-            )
-            val_steps = _data.steps_per_epoch(val_ds, None, 1)
-            validation = lambda: self.evaluate(val_ds, steps=val_steps)  # noqa: E731
-        history = History()
-        printing = verbose and is_chief(self.strategy)  # one console for the whole cluster
-        cbs = [history, *self.callbacks] + ([ProgressPrinter(epochs)] if printing else [])
-        self.stop_training = False
-        self._loop.run(
-            plan,
-            epochs=epochs,
-            callbacks=CallbackList(cbs, self),
-            validation=validation,
-            checkpoints=self._checkpoints,
-            checkpoint_every=self._ckpt_every,
-            hook=self._hook,
-            guard=lambda fn, *args: run_guarded(fn, args, self._steps, self._checkpoints),
-            should_stop=lambda: self.stop_training,
+        if self.epoch >= epochs and self.epoch_step == 0:
+            return _setup.nothing_left(self, epochs)
+        validation = _setup.validation_fn(
+            self.evaluate, validation_data, batch_size=validation_batch_size or batch_size
         )
+        resumed, self._announce = self._announce, None
+        callbacks, history, printer = _setup.fit_callbacks(
+            self, epochs=epochs, verbose=verbose, steps_per_epoch=plan[1], resumed_from=resumed
+        )
+        self.stop_training = False
+        with _setup.stop_signals(self.strategy) as stop:
+            at_boundary = partial(  # SIGTERM: save at the exact position, flush, Preempted
+                stop.check, flush=self._flush, step=lambda: self.global_step, printing=bool(printer)
+            )
+            self._loop.run(
+                plan,
+                epochs=epochs,
+                callbacks=callbacks,
+                validation=validation,
+                checkpoints=self._checkpoints,
+                checkpoint_every=self._ckpt_every,
+                hook=self._hook,
+                guard=lambda fn, *args: run_guarded(fn, args, self._steps, self._checkpoints),
+                should_stop=lambda: self.stop_training,
+                printer=printer,
+                interrupt=at_boundary,
+            )
         return history
