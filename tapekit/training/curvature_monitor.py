@@ -42,9 +42,13 @@ _HISTORY_COLUMNS = 200  # columns of the gradient-flow heat map (the most recent
 
 def _trainer_loss_fn(trainer: Any) -> Callable:
     """The Trainer's ``loss_fn(model, batch)``."""
-    # TODO(lead): read the public attribute once the Trainer exposes its loss function (issue 11).
-    public = getattr(trainer, "loss_fn", None)
-    return public if callable(public) else trainer._call.loss_fn
+    loss_fn = trainer.loss_fn
+    if loss_fn is None:
+        raise ValueError(
+            "CurvatureMonitor measures the Trainer's loss_fn, but this Trainer runs a custom step "
+            "without one. Pass CurvatureMonitor(..., loss_fn=lambda model, batch: ...)."
+        )
+    return loss_fn
 
 
 def _first_batch(data: Any) -> Any:

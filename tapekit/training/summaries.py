@@ -25,7 +25,6 @@ worker must join).
 from __future__ import annotations
 
 import os
-import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -39,21 +38,15 @@ __all__ = ["BoardHook", "choose_logdir"]
 
 def choose_logdir(logdir: str | os.PathLike | bool | None, name: str) -> str | None:
     """The run directory: ``None`` (logging off) for ``False``; ``logs/<name>-<time>`` for
-    ``None``/``True`` when ``tapekit.board`` is importable; else the path given.
+    ``None``/``True``; else the path given (see :func:`tapekit.board.resolve_logdir`).
 
     Example:
         >>> choose_logdir(False, "mlp") is None, choose_logdir("logs/x", "mlp")
         (True, 'logs/x')
     """
-    if logdir is False:
-        return None
-    if logdir is None or logdir is True:
-        try:
-            import tapekit.board  # noqa: F401
-        except ImportError:  # logging is an optional part; training works without it
-            return None
-        return os.path.join("logs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return os.fspath(logdir)
+    from ..board import resolve_logdir  # the one meaning of logdir in tapekit
+
+    return resolve_logdir(logdir, name)
 
 
 class BoardHook:
@@ -109,7 +102,10 @@ class BoardHook:
         writer = self.writers.writer("train")
         if self._gradients is None:
             self._gradients = self._gradient_logger_cls(
-                writer, histogram_every=self.histogram_every, norms_every=self.log_every
+                writer,
+                histogram_every=self.histogram_every,
+                norms_every=self.log_every,
+                enabled=self.writers.enabled,
             )
         step = tf.cast(step, tf.int64)
         log_due = tf.equal(tf.math.floormod(step, self.log_every), 0)

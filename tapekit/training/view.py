@@ -9,7 +9,7 @@ checkpoints save.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -54,6 +54,12 @@ class StateView:
                 "trainer.optimizers[name]."
             )
         return next(iter(self.optimizers.values()))
+
+    @property
+    def loss_fn(self) -> Callable | None:
+        """The ``loss_fn(model, batch)`` the Trainer was given (``None`` for a custom step
+        without one), e.g. for a callback that measures the loss itself."""
+        return self._call.loss_fn if self._call is not None else None
 
     @property
     def global_step(self) -> int:
