@@ -219,14 +219,17 @@ def test_read_only_checkpoint_dir_fails_before_the_first_step():
     assert trainer.global_step == 0
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 def test_unwritable_checkpoint_dir_fails_before_the_first_step(tmp_path):
     tmp_path.chmod(0o500)
     try:
         trainer = _trainer(tmp_path)
-        with pytest.raises(tapekit.CheckpointError, match="must be writable"):
+        if os.geteuid() == 0:  # mode bits do not bind root: the directory IS writable for it
             trainer.fit(_data(), batch_size=16, verbose=0)
-        assert trainer.global_step == 0
+            assert list(tmp_path.glob("ckpt-*.index")), "root's checkpoint was not written"
+        else:
+            with pytest.raises(tapekit.CheckpointError, match="must be writable"):
+                trainer.fit(_data(), batch_size=16, verbose=0)
+            assert trainer.global_step == 0
     finally:
         tmp_path.chmod(0o700)
 
