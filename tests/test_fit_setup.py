@@ -4,29 +4,17 @@ SIGTERM at the exact position; and the helpers of ``tapekit.training.fit_setup``
 
 from __future__ import annotations
 
-import os
 import signal
 
 import _gan
 import keras
 import numpy as np
 import pytest
+from _signals import SignalAt
 
 import tapekit
 from tapekit.training.fit_setup import optimizer_record
 from tapekit.training.preemption import Preempted
-
-
-class SignalAt(tapekit.Callback):
-    """Sends ``sig`` to this very process after global step ``step``."""
-
-    def __init__(self, step: int, sig: int) -> None:
-        super().__init__()
-        self.step, self.sig = step, sig
-
-    def on_step_end(self, step, logs=None):
-        if step == self.step:
-            os.kill(os.getpid(), self.sig)
 
 
 def _gan_trainer(optimizers=None, **kw) -> tapekit.Trainer:

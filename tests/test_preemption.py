@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from _signals import SignalAt
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import tapekit
@@ -43,18 +44,6 @@ def _trainer(ckpt_dir, **kw) -> tapekit.Trainer:
     return tapekit.Trainer(
         _build, mse, optimizer="adam", checkpoint_dir=ckpt_dir, logdir=False, seed=5, **kw
     )
-
-
-class SignalAt(tapekit.Callback):
-    """Sends ``sig`` to this very process after global step ``step``."""
-
-    def __init__(self, step: int, sig: int) -> None:
-        super().__init__()
-        self.step, self.sig = step, sig
-
-    def on_step_end(self, step, logs=None):
-        if step == self.step:
-            os.kill(os.getpid(), self.sig)
 
 
 def test_stop_signals_restore_the_previous_handlers():
