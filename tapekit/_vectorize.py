@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.ops import variable_scope as _variable_scope
 from tensorflow.python.ops.parallel_for import control_flow_ops as _pfor_ops
 
 from . import _args, _tensors
@@ -297,9 +298,16 @@ def forward_or_reverse(forward: Callable[[], Any], reverse: Callable[[], Any]) -
     mode computes the same values. An error of the function itself is raised again by
     ``reverse()``, so nothing is hidden.
     """
+    scope = _variable_scope.get_variable_scope()
+    caching_device = scope.caching_device
     try:
         return forward()
     except Exception:  # noqa: BLE001 - retried in reverse mode, which re-raises real errors
+        # tf.map_fn sets the variable scope's caching device while it builds a graph and resets
+        # it only when it returns; failing inside it (forward mode) would leave it set for the
+        # whole process, and Keras could then no longer create variables eagerly.
+        if scope.caching_device is not caching_device:
+            scope.set_caching_device(caching_device)
         return reverse()
 
 

@@ -340,3 +340,26 @@ def test_partials_and_partial_inside_tf_function():
     assert float(dx) == pytest.approx(3.0)  # 2 x y
     assert float(dy) == pytest.approx(9.0 + np.cos(0.5))  # x² + cos y
     assert float(dxy) == pytest.approx(6.0)  # 2 x
+
+
+def test_forward_mode_through_map_fn_and_cond_matches_closed_forms(mirrored_strategy):
+    x = tf.constant([0.5, -1.0, 2.0])
+    xn = x.numpy()
+    mapped = lambda x: tf.map_fn(lambda r: r**3, x)  # noqa: E731
+    cond = lambda x: tf.cond(x[0] > 0, lambda: tf.sin(x) * x, lambda: x**2)  # noqa: E731
+    for compile in (True, False):
+        np.testing.assert_allclose(
+            tapekit.jacobian(mapped, mode="fwd", compile=compile)(x), np.diag(3 * xn**2), rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            tapekit.jacobian(cond, mode="fwd", compile=compile)(x),
+            np.diag(np.cos(xn) * xn + np.sin(xn)),
+            rtol=1e-6,
+        )
+    # The failed forward attempt through map_fn must leave no TensorFlow state behind (it once
+    # left the variable scope's caching device set, and Keras could no longer create variables).
+    assert tf.compat.v1.get_variable_scope().caching_device is None
+    with mirrored_strategy.scope():
+        layer = keras.layers.Dense(1)
+        layer.build((None, 2))
+    assert len(layer.weights) == 2
