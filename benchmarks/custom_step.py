@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,7 +39,10 @@ BATCH, CRITIC_STEPS, PENALTY = 256, 5, 10.0
 
 
 def _recipe():
-    path = Path(__file__).resolve().parent.parent / "recipes" / "08_gradient_penalty.py"
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    if str(recipes) not in sys.path:  # the recipe imports its helpers (_custom_loop, _common)
+        sys.path.insert(0, str(recipes))
+    path = recipes / "08_gradient_penalty.py"
     spec = importlib.util.spec_from_file_location("recipe_08", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

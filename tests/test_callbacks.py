@@ -160,3 +160,14 @@ def test_best_checkpoint_needs_a_checkpoint_dir():
     with pytest.raises(ValueError, match="BestCheckpoint needs Trainer\\(checkpoint_dir"):
         trainer.fit(regression_data(), epochs=1, batch_size=16, verbose=0)
     assert trainer.global_step == 0
+
+
+def test_early_stopping_auto_mode_maximises_accuracy_like_keras():
+    stop = tapekit.EarlyStopping("val_acc", patience=1)  # mode="auto": "acc" is maximised
+    assert stop.mode == "max"
+    stop.on_train_begin()
+    for epoch, acc in enumerate([0.5, 0.6, 0.7, 0.65, 0.64]):  # rising, then worse epochs
+        stop.on_epoch_end(epoch, {"val_acc": acc})
+        if stop.stopped_epoch is not None:  # what the Trainer does on stop_training
+            break
+    assert stop.best == 0.7 and stop.stopped_epoch == 3  # Keras: stop when wait >= patience

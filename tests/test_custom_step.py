@@ -5,11 +5,6 @@ files, steps without data, and the loss_fn path as a special case of the same ma
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import _gan
@@ -17,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from _children import kill_when_reached, run_child
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import tapekit
@@ -77,41 +73,20 @@ def test_same_seed_gives_bitwise_equal_gan_runs():
     _equal(*runs)
 
 
-def _run_child(ckpt: Path, out: Path, *extra: str, wait: bool = True) -> subprocess.Popen:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD), str(ckpt), str(out), *extra],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    if wait:
-        output, _ = proc.communicate(timeout=240)
-        assert proc.returncode == 0, output[-3000:]
-    return proc
-
-
 @pytest.mark.slow
 def test_gan_killed_mid_epoch_resumes_bitwise_like_an_uninterrupted_run(tmp_path):
-    ref = _run_child(tmp_path / "ref" / "ckpt", tmp_path / "ref.npz", wait=False)
+    ref = run_child(CHILD, tmp_path / "ref" / "ckpt", tmp_path / "ref.npz", wait=False)
     (tmp_path / "run").mkdir()
-    killed = _run_child(
-        tmp_path / "run" / "ckpt", tmp_path / "killed.npz", "--kill-at", "10", wait=False
+    killed = run_child(
+        CHILD, tmp_path / "run" / "ckpt", tmp_path / "killed.npz", "--kill-at", "10", wait=False
     )
-    marker = tmp_path / "run" / "reached"
-    deadline = time.time() + 240
-    while not marker.exists():
-        assert killed.poll() is None, killed.communicate()[0][-3000:]
-        assert time.time() < deadline, "the child never reached step 10"
-        time.sleep(0.05)
-    os.kill(killed.pid, signal.SIGKILL)  # epoch 2, step 4 of 6 done; newest checkpoint: ckpt-8
-    killed.wait(timeout=60)
-    killed.stdout.close()
-    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "killed.npz").exists()
+    kill_when_reached(
+        killed, tmp_path / "run" / "reached"
+    )  # epoch 2, step 4 of 6 done; newest checkpoint: ckpt-8
+    assert not (tmp_path / "killed.npz").exists()
     saved = sorted(p.name for p in (tmp_path / "run" / "ckpt").glob("*.index"))
     assert saved[-1] == "ckpt-8.index"
-    _run_child(tmp_path / "run" / "ckpt", tmp_path / "resumed.npz")
+    run_child(CHILD, tmp_path / "run" / "ckpt", tmp_path / "resumed.npz")
     output, _ = ref.communicate(timeout=240)
     assert ref.returncode == 0, output[-3000:]
     a, b = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "resumed.npz")

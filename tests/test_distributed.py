@@ -209,9 +209,9 @@ def _workers(tmp: Path, out: str, ckpt: str, logdir: str, *args: str) -> list[di
     left = [p.name for p in scratch.iterdir() if not p.name.startswith("__autograph")]
     assert left == [], f"temporary files left by the workers: {left}"
     saved = []
-    for i in range(2):
+    for i, r in zip(range(2), results):
         with np.load(out.format(task=i)) as f:
-            saved.append({k: f[k] for k in f.files})
+            saved.append({k: f[k] for k in f.files} | {"console": r.output})
     return saved
 
 
@@ -248,6 +248,9 @@ def test_multi_worker_equals_one_process_and_only_the_chief_writes(first_multi_w
         np.testing.assert_allclose(chief[key], run["history"][ref], rtol=1e-5)
         np.testing.assert_array_equal(chief[key], other[key])
     assert int(chief["step"]) == int(other["step"]) == 10
+    progress = re.compile(r"^epoch \d+/\d+ \| step \d+ \| loss", re.M)
+    assert len(progress.findall(chief["console"])) == 2  # one line per epoch, on the chief only
+    assert not progress.findall(other["console"]), other["console"][-2000:]
     written = run["written"]
     assert not [p for p in written if p.startswith(("ckpt1", "logs1"))], written
     assert {"ckpt0/checkpoint", "ckpt0/ckpt-10.index", "ckpt0/ckpt-5.index"} <= set(written)
