@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tapekit
-from tapekit.training.callbacks import format_line
+from tapekit.training.progress import format_line
 
 
 def _data(n: int = 70, d: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

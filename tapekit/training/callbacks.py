@@ -27,16 +27,6 @@ __all__ = [
     "monitor_value",
 ]
 
-_CONSOLE = ("ProgressPrinter", "format_duration", "format_line")
-
-
-def __getattr__(name: str) -> Any:  # the console moved to .progress; old imports keep working
-    if name in _CONSOLE:
-        from . import progress
-
-        return getattr(progress, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 class Callback:
     """Base class of Trainer callbacks; override the hooks you need.
