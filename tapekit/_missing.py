@@ -194,6 +194,8 @@ def _first_cut(starts: list[tf.Tensor], below: set, reads: dict) -> tuple[str, d
                 frontier.extend((c, o) for o in op.outputs for c in o.consumers())
             continue
         verdict = _op_verdict(op, via)
+        if verdict == "cut" and _also_through_defined_input(op, starts):
+            verdict = "pass"  # a user's tf.custom_gradient: see the function
         if verdict == "none":
             return "no_gradient_op", {"op": op.type}
         if verdict == "cut":
@@ -211,7 +213,8 @@ def _op_verdict(op: Any, via: tf.Tensor) -> str:
     once per kind of op, not once per op of every trace)."""
     floats = tuple(_tensors.is_float(i) for i in op.inputs)
     index = next((k for k, i in enumerate(op.inputs) if i.ref() == via.ref()), -1)
-    key = (op.type, index, floats, tuple(_tensors.is_float(o) for o in op.outputs))
+    override = _gradient_override(op)
+    key = (op.type, override, index, floats, tuple(_tensors.is_float(o) for o in op.outputs))
     verdict = _OP_VERDICTS.get(key)
     if verdict is None:
         verdict = _op_verdict_of(op, via)
@@ -243,6 +246,39 @@ def _op_verdict_of(op: Any, via: tf.Tensor) -> str:
     if all(grads[k] is None for k in floats):
         return "stop"  # piecewise constant (tf.round, tf.floor): a zero derivative by design
     return "cut"  # defined for another input, left undefined for this one
+
+
+def _also_through_defined_input(op: Any, starts: list[tf.Tensor]) -> bool:
+    """Whether ``op`` has a user-chosen gradient (``tf.custom_gradient``) and the sources
+    also reach an input it defines a gradient for.
+
+    ``tf.custom_gradient`` ends in an ``IdentityN`` over the function's results, inputs and
+    variables whose gradient is None for the results by design: the user's gradient (for the
+    inputs) replaces the path through the results. A source that reaches the function only
+    through its results (a tensor the function captures instead of taking it as an argument)
+    gets no gradient from it, and stays a cut.
+    """
+    if _gradient_override(op) is None:
+        return False
+    try:
+        grads = _ops.get_gradient_function(op)(op, *[tf.zeros_like(o) for o in op.outputs])
+    except Exception:  # noqa: BLE001 - cannot tell: keep the cut
+        return False
+    grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
+    defined = [op.inputs[k] for k, g in enumerate(grads) if g is not None and k < len(op.inputs)]
+    if not defined:
+        return False
+    above = _ancestors(defined)
+    return any(t.op in above for t in starts)
+
+
+def _gradient_override(op: Any) -> str | None:
+    """The gradient function name an op was given (``tf.custom_gradient``), or None."""
+    try:
+        name = op.get_attr("_gradient_op_type")
+    except (ValueError, TypeError):
+        return None
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 # ---------------------------------------------------------------------------------------------

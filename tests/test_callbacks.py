@@ -171,3 +171,36 @@ def test_early_stopping_auto_mode_maximises_accuracy_like_keras():
         if stop.stopped_epoch is not None:  # what the Trainer does on stop_training
             break
     assert stop.best == 0.7 and stop.stopped_epoch == 3  # Keras: stop when wait >= patience
+
+
+def test_a_step_callback_with_next_step_end_sees_exactly_the_steps_it_asks_for():
+    class EveryFifteen(tapekit.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_step_end(self, step, logs=None):
+            self.seen.append(step)
+
+        def next_step_end(self, step):
+            return (step // 15 + 1) * 15
+
+    class EveryStep(tapekit.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_step_end(self, step, logs=None):
+            self.seen.append(step)
+
+    x, y = regression_data(160)
+    scheduled, plain = EveryFifteen(), EveryStep()
+    trainer = tapekit.Trainer(small_model(), mse, logdir=False, callbacks=[scheduled])
+    trainer.fit((x, y), epochs=2, batch_size=8, shuffle=False, verbose=0)  # 20 steps/epoch
+    # Calls end at the steps asked for and at epoch ends only: many steps per call.
+    assert scheduled.seen == [15, 20, 30, 40]
+    other = tapekit.Trainer(small_model(), mse, logdir=False, callbacks=[scheduled, plain])
+    other.fit((x, y), epochs=1, batch_size=8, verbose=0)
+    assert plain.seen == list(range(1, 21))  # a callback without a schedule: every step
+    reference = tapekit.Trainer(small_model(), mse, logdir=False)  # no callbacks: 64/call
+    reference.fit((x, y), epochs=2, batch_size=8, shuffle=False, verbose=0)
+    for a, b in zip(trainer.get_weights(), reference.get_weights()):  # grouping changes nothing
+        np.testing.assert_array_equal(a, b)

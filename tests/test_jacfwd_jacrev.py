@@ -94,3 +94,38 @@ def test_has_aux_needs_a_pair():
         tk.hessian(lambda x: tf.reduce_sum(x), has_aux=True)(tf.constant(X))
     with pytest.raises(ValueError, match=r"has_aux=True.*pair"):
         tk.jvp(lambda x: x, (1.0,), (1.0,), has_aux=True)
+
+
+@tf.custom_gradient
+def _sin_with_affine_gradient(z):
+    """sin, with a deliberately wrong gradient that only reverse mode sees: it is affine in
+    the upstream gradient (``up * cos(z) + 1``), and forward mode transposes the linear part
+    of the gradient function (the double-vjp trick), so the ``+ 1`` drops out there."""
+
+    def grad(up):
+        return up * tf.cos(z) + 1.0
+
+    return tf.sin(z), grad
+
+
+def test_jacobian_auto_mode_takes_forward_mode_for_a_small_input_and_reverse_for_a_large():
+    a = np.arange(1.0, 11.0).reshape(5, 2) / 10
+
+    def tall(x):  # R^2 -> R^5: forward mode (2 pushes) is the cheaper one
+        return _sin_with_affine_gradient(tf.linalg.matvec(tf.constant(a), x))
+
+    def wide(x):  # R^5 -> R^2: reverse mode (2 pulls)
+        return _sin_with_affine_gradient(tf.linalg.matvec(tf.constant(a), x, transpose_a=True))
+
+    x2 = tf.constant([0.3, -0.2], tf.float64)
+    x5 = tf.constant(np.linspace(-1.0, 1.0, 5))
+    exact_tall = np.cos(a @ x2.numpy())[:, None] * a  # the true Jacobian, closed form
+    exact_wide = np.cos(a.T @ x5.numpy())[:, None] * a.T
+    # Reverse mode adds the wrong "+ 1" to every cotangent: J + ones @ A (one column sum).
+    wrong_tall = exact_tall + np.ones((5, 5)) @ a
+    wrong_wide = exact_wide + np.ones((2, 2)) @ a.T
+    np.testing.assert_allclose(tk.jacobian(tall, mode="fwd")(x2), exact_tall, atol=1e-12)
+    np.testing.assert_allclose(tk.jacobian(tall, mode="rev")(x2), wrong_tall, atol=1e-12)
+    np.testing.assert_allclose(tk.jacobian(tall)(x2), exact_tall, atol=1e-12)  # auto: fwd
+    np.testing.assert_allclose(tk.jacobian(wide, mode="fwd")(x5), exact_wide, atol=1e-12)
+    np.testing.assert_allclose(tk.jacobian(wide)(x5), wrong_wide, atol=1e-12)  # auto: rev

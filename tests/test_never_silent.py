@@ -473,3 +473,66 @@ def test_a_variable_argument_also_read_through_the_closure_is_not_aliased_later(
         np.testing.assert_allclose(h(v1), [[12.0, 4.0], [4.0, 14.0]])
         np.testing.assert_allclose(h(v2), [[18.0, 0.0], [0.0, 30.0]])
         np.testing.assert_allclose(h(v1), [[12.0, 4.0], [4.0, 14.0]])
+
+
+@tf.custom_gradient
+def _softplus(z):
+    def grad(up):
+        return up * tf.sigmoid(z)
+
+    return tf.math.log1p(tf.exp(z)), grad
+
+
+def test_a_custom_gradient_is_never_taken_for_a_cut_whatever_the_graph_order():
+    # The cut check walks the graph from the source; tf.custom_gradient's IdentityN (gradient
+    # None for the function's results by design) used to be taken for a cut when the walk
+    # reached it through the results first, an order that varies from graph to graph: the
+    # transforms then raised, and forward mode silently fell back to reverse mode.
+    for n in range(1, 9):  # a fresh graph per shape
+        a = np.linspace(-1.0, 1.0, 3 * n).reshape(3, n)
+        x = tf.constant(np.linspace(0.2, 0.9, n))
+
+        def f(x, a=a):
+            return _softplus(tf.linalg.matvec(tf.constant(a), x))
+
+        z = a @ x.numpy()
+        exact = (1 / (1 + np.exp(-z)))[:, None] * a
+        np.testing.assert_allclose(tk.jacobian(f, mode="fwd")(x), exact, atol=1e-12)
+        np.testing.assert_allclose(tk.grad(lambda x: tf.reduce_sum(f(x)))(x), exact.sum(0))
+
+
+def test_a_tensor_a_custom_gradient_captures_instead_of_taking_it_is_still_a_cut():
+    def f(x):
+        @tf.custom_gradient
+        def shifted(y):  # reads x from the closure: its gradient covers y only
+            return 2.0 * y + x, lambda up: 2.0 * up
+
+        return tf.reduce_sum(shifted(tf.ones_like(x)))
+
+    with pytest.raises(tk.DisconnectedGradientError, match="IdentityN"):
+        tk.grad(f)(tf.constant([1.0, 2.0]))
+
+
+def test_the_cut_check_takes_a_custom_gradient_whichever_input_it_walks_through_first():
+    # Which IdentityN input the walk meets first depends on the graph's edge order (it varied
+    # between processes); both orders must give the same verdict.
+    from tapekit import _missing
+
+    @tf.function
+    def traced(x, captured):
+        @tf.custom_gradient
+        def fn(y):
+            return tf.math.log1p(tf.exp(y)) + captured, lambda up: up * tf.sigmoid(y)
+
+        return fn(2.0 * x)
+
+    spec = tf.TensorSpec([2], tf.float64)
+    graph = traced.get_concrete_function(spec, spec).graph
+    x, captured = graph.inputs[:2]
+    (identity,) = [op for op in graph.get_operations() if op.type == "IdentityN"]
+    result, arg = identity.inputs[0], identity.inputs[1]
+    with graph.as_default():  # as the check runs: inside the graph it walks
+        assert _missing._op_verdict(identity, arg) == "pass"
+        assert _missing._op_verdict(identity, result) == "cut"  # None for results by design
+        assert _missing._also_through_defined_input(identity, [x])  # x reaches the argument
+        assert not _missing._also_through_defined_input(identity, [captured])  # a real cut

@@ -105,10 +105,12 @@ def test_events_survive_a_failing_fit(tmp_path):
     x, y = _data()
     x[20] = np.nan  # step 2 (batch of examples 16..23)
     trainer = tapekit.Trainer(_build, mse, logdir=tmp_path, log_every=1)
-    with pytest.raises(tapekit.NonFiniteError):
+    with pytest.raises(tapekit.NonFiniteError, match="at step 2 "):
         trainer.fit((x, y), batch_size=8, shuffle=False, verbose=0)
     losses = _values(_events(tmp_path / "train"), "loss")  # no close(): fit closed the writers
-    assert sorted(losses) == [0, 1, 2] and np.isnan(losses[2]) and np.isfinite(losses[1])
+    # Every completed step is on disk; the failing step stopped before its update and its
+    # logging (the error names it), so nothing non-finite was written.
+    assert sorted(losses) == [0, 1] and np.isfinite(list(losses.values())).all()
 
 
 def test_unwritable_logdir_fails_before_training(tmp_path):

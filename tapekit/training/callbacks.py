@@ -69,10 +69,37 @@ class Callback:
     def on_step_end(self, step: int, logs: dict[str, float] | None = None) -> None:
         """Called after each compiled execution; ``step`` is the global step reached."""
 
+    def next_step_end(self, step: int) -> int | None:
+        """The next global step (after ``step``) whose end ``on_step_end`` must see, or None.
+
+        A callback that overrides ``on_step_end`` makes the Trainer run one step per compiled
+        call (when ``steps_per_execution`` is automatic), so that it sees every step. One that
+        needs only some steps says which here, and the Trainer keeps running many steps per
+        call, ending a call exactly at each step asked for (as it does for
+        ``checkpoint_every``). ``tapekit.CurvatureMonitor`` does this.
+
+        Args:
+            step: The global step reached so far.
+
+        Returns:
+            A step > ``step``, or None (the default): every step.
+
+        Example:
+            >>> class EveryHundred(Callback):
+            ...     def on_step_end(self, step, logs=None):
+            ...         print("at", step) if step % 100 == 0 else None
+            ...     def next_step_end(self, step):
+            ...         return (step // 100 + 1) * 100
+            >>> EveryHundred().next_step_end(250)
+            300
+        """
+        return None
+
 
 class CallbackList:
     """Calls a list of callbacks in order; ``has_step_hooks`` says whether any overrides
-    ``on_step_end`` (the Trainer skips the per-execution call otherwise)."""
+    ``on_step_end`` (the Trainer skips the per-execution call otherwise), ``every_step``
+    whether one of those needs every step's end (it does not override ``next_step_end``)."""
 
     def __init__(self, callbacks: Iterable[Any], trainer: Any) -> None:
         self.callbacks = list(callbacks)
@@ -81,10 +108,24 @@ class CallbackList:
                 cb.set_trainer(trainer)
             else:
                 cb.trainer = trainer
-        self.has_step_hooks = any(
-            getattr(type(cb), "on_step_end", None) not in (None, Callback.on_step_end)
+        hooked = [
+            cb
             for cb in self.callbacks
-        )
+            if getattr(type(cb), "on_step_end", None) not in (None, Callback.on_step_end)
+        ]
+        self.has_step_hooks = bool(hooked)
+        self._scheduled = [
+            cb
+            for cb in hooked
+            if getattr(type(cb), "next_step_end", None) not in (None, Callback.next_step_end)
+        ]
+        self.every_step = len(self._scheduled) < len(hooked)
+
+    def next_step_end(self, step: int) -> int | None:
+        """The earliest step after ``step`` that a scheduled step callback asks to see."""
+        due = [cb.next_step_end(step) for cb in self._scheduled]
+        due = [int(d) for d in due if d is not None and d > step]
+        return min(due) if due else None
 
     def _call(self, name: str, *args: Any) -> None:
         for cb in self.callbacks:

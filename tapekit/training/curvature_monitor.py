@@ -7,17 +7,17 @@ Every ``every`` steps, on one fixed batch and with the model in inference mode, 
 * ``curvature/trace`` (and its standard error), ``curvature/density`` (the eigenvalue
   spectrum as a histogram: eigenvalues per bucket), when asked for;
 * ``gradient_noise/b_simple`` (and its two parts), when asked for;
-* ``update_ratio/<variable path>``: ``|Δw| / |w|`` of the last optimizer step (with
-  ``steps_per_execution=n > 1`` set on the Trainer: of the last execution, divided by ``n``);
+* ``update_ratio/<variable path>``: ``|Δw| / |w|`` of the optimizer step that ends at the
+  measured step;
 * ``gradient_flow/heatmap``: the per-layer gradient norms of all monitored steps as one image,
   and once a custom-scalars layout grouping the per-layer curves (see
   :mod:`tapekit.board.gradient_flow`).
 
 It uses the Trainer's public surface only (``model``, ``trainable_variables``, ``strategy``,
-``logdir``, ``global_step``) plus the loss function, which the Trainer does not expose yet
-(:func:`_trainer_loss_fn`). A callback with ``on_step_end`` makes the Trainer run one step per
-compiled call (unless ``steps_per_execution`` is set), which is what gives the exact per-step
-update ratio; ``benchmarks/curvature.py`` measures the cost.
+``logdir``, ``global_step``, ``loss_fn``). Through ``next_step_end`` it asks the Trainer to end
+a compiled call at the step before each measurement and at the measured step, and nowhere
+else: training keeps running many steps per call, and the update ratio is exact for one step.
+``benchmarks/curvature.py`` measures the cost.
 """
 
 from __future__ import annotations
@@ -213,6 +213,12 @@ class CurvatureMonitor(Callback):
             self._measure(step)
         if (step + spacing) // self.every > step // self.every:  # the next call measures
             self._before = (step, [np.asarray(tf.convert_to_tensor(v)) for v in self._variables])
+
+    def next_step_end(self, step: int) -> int | None:
+        """The step before the next measurement (for the weights before it), then that step:
+        the Trainer keeps running many steps per call in between."""
+        due = (step // self.every + 1) * self.every
+        return due - 1 if step < due - 1 else due
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         if self._writers is not None:

@@ -186,7 +186,7 @@ class FitLoop:
         optimizers = {name: u.optimizer for name, u in steps.updates.items()}
         call = steps.call
         iterator = self._stream(ds, meta)
-        per_call = self.steps_per_execution or (1 if callbacks.has_step_hooks else AUTO_STEPS)
+        per_call = self.steps_per_execution or (1 if callbacks.every_step else AUTO_STEPS)
         train_fn = steps.train_function()
         step = int(state.step.numpy())
         first_epoch, in_epoch = int(state.epoch.numpy()), int(state.epoch_step.numpy())
@@ -219,6 +219,9 @@ class FitLoop:
                     n = min(per_call, per_epoch - in_epoch)
                     if every:
                         n = min(n, every - step % every)
+                    due = callbacks.next_step_end(step)  # a step callback's next step
+                    if due is not None:
+                        n = min(n, due - step)
                     guard(train_fn, iterator, self._constant(n))
                     if hook is not None and not hook.graph_written:
                         concrete = train_fn.get_concrete_function(iterator, self._constant(n))

@@ -30,10 +30,10 @@ from .model import (
     trainable_variables,
     variable_names,
 )
-from .state import Diagnostics, TrainState
+from .state import TrainState
 from .step import CompiledSteps
 from .supervised import SupervisedStep
-from .update import NONFINITE_MARK, OptimizerUpdate
+from .update import OptimizerUpdate, failure_of
 
 __all__ = [
     "ASSEMBLY_ARGS",
@@ -183,7 +183,6 @@ def assemble(
         call = LossCall(the_model, loss_fn, metric_objs, metrics_fn, model_losses)
     with strategy.scope():
         state = TrainState(seed)
-        diagnostics = Diagnostics([len(v) for v, _ in found.values()])
     source = fn_name(step if step is not None else loss_fn)
     updates = {
         name: OptimizerUpdate(
@@ -193,7 +192,6 @@ def assemble(
             variables,
             names,
             strategy=strategy,
-            diagnostics=diagnostics,
             step=state.step,
             clip_norm=clip_norm,
             clip_value=clip_value,
@@ -216,7 +214,6 @@ def assemble(
         call=call,
         strategy=strategy,
         state=state,
-        diagnostics=diagnostics,
         accumulate=accumulate_steps,
     )
     return Parts(built, the_model, opts, every, call, state, steps)
@@ -264,10 +261,11 @@ def run_guarded(fn: Callable, args: tuple, steps: CompiledSteps, checkpoints: An
             "stopped early). Check the data pipeline yields batches."
         ) from None
     except tf.errors.InvalidArgumentError as exc:
-        if NONFINITE_MARK not in str(exc):
+        failure = failure_of(str(exc))
+        if failure is None:
             raise
         saved = "no checkpoint_dir was set"
         if checkpoints is not None:
             latest = checkpoints.latest()
             saved = f"the newest checkpoint on disk is {latest}" if latest else "none saved"
-        raise steps.nonfinite_error(saved) from None
+        raise steps.nonfinite_error(failure, saved) from None

@@ -1,4 +1,4 @@
-"""The Trainer's own variables: counters, running sums, the RNG and non-finite diagnostics.
+"""The Trainer's own variables: counters, running sums and the RNG.
 
 Everything here is a ``tf.Variable`` created inside the strategy scope, updated inside the
 compiled step (no host round trip per step) and saved in every checkpoint, so a resumed run
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["Diagnostics", "RunningMeans", "TrainState"]
+__all__ = ["RunningMeans", "TrainState"]
 
 
 class RunningMeans(tf.Module):
@@ -95,44 +95,3 @@ class TrainState(tf.Module):
         self.data_seed = tf.Variable(int(seed), dtype=tf.int64, trainable=False, name="data_seed")
         self.rng = tf.random.Generator.from_seed(int(seed))
         self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped")
-
-
-class Diagnostics(tf.Module):
-    """What was not finite at the failing update (written only when an update fails).
-
-    Not saved in checkpoints. ``record`` runs in cross-replica context inside the compiled step.
-
-    Args:
-        sizes: The number of variables of each optimizer, in the Trainer's order.
-
-    Example:
-        >>> d = Diagnostics([2])
-        >>> d.record(tf.constant(3, tf.int64), 0, tf.constant(True), tf.constant([True, False]))
-        >>> d.failure()
-        (3, 0, False, [False, True])
-    """
-
-    def __init__(self, sizes: Iterable[int]) -> None:
-        super().__init__(name="diagnostics")
-        self.step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="bad_step")
-        self.update = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_update")
-        self.loss = tf.Variable(False, trainable=False, name="bad_loss")
-        self.grads = [
-            tf.Variable(tf.zeros([n], tf.bool), trainable=False, name=f"bad_grads_{i}")
-            for i, n in enumerate(sizes)
-        ]
-
-    def record(
-        self, step: tf.Tensor, index: int, loss_finite: tf.Tensor, grads_finite: tf.Tensor
-    ) -> None:
-        """Store which values of optimizer ``index`` were non-finite at ``step``."""
-        self.step.assign(tf.cast(step, tf.int64))
-        self.update.assign(index)
-        self.loss.assign(tf.logical_not(loss_finite))
-        self.grads[index].assign(tf.logical_not(grads_finite))
-
-    def failure(self) -> tuple[int, int, bool, list[bool]]:
-        """``(step, optimizer index, loss was bad, bad flag per variable)``; step -1 if none."""
-        index = int(self.update.numpy())
-        flags = self.grads[index].numpy().tolist() if self.grads else []
-        return int(self.step.numpy()), index, bool(self.loss.numpy()), flags

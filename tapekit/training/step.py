@@ -31,8 +31,8 @@ from .calls import LossCall
 from .context import StepContext
 from .data import distribute, leading_size, relaxed_spec
 from .distribution import first_local
-from .state import Diagnostics, RunningMeans, TrainState
-from .update import NONFINITE_MARK, OptimizerUpdate
+from .state import RunningMeans, TrainState
+from .update import OptimizerUpdate
 
 __all__ = ["CompiledSteps"]
 
@@ -53,7 +53,6 @@ class CompiledSteps:
         call: The ``loss_fn`` call used by evaluation (None: no evaluation).
         strategy: The distribution strategy.
         state: The Trainer's counters.
-        diagnostics: Where failing updates record what was not finite.
         accumulate: Batches per step.
     """
 
@@ -67,12 +66,11 @@ class CompiledSteps:
         call: LossCall | None,
         strategy: tf.distribute.Strategy,
         state: TrainState,
-        diagnostics: Diagnostics,
         accumulate: int,
     ) -> None:
         self.step_fn, self.source, self.call = step_fn, source, call
         self.models, self.updates = dict(models), dict(updates)
-        self.strategy, self.state, self.diagnostics = strategy, state, diagnostics
+        self.strategy, self.state = strategy, state
         self.accumulate = accumulate
         self.replicas = strategy.num_replicas_in_sync
         self.hook: Any = None  # logging hook (see summaries.BoardHook.train_step)
@@ -229,9 +227,8 @@ class CompiledSteps:
 
         if any(u.on_nonfinite == "skip" for u in self.updates.values()):
             tf.cond(applied, count, skip)
-        else:  # the host turns a failed Assert into NonFiniteError (see update.py)
-            check = tf.debugging.Assert(applied, [NONFINITE_MARK, self.state.step])
-            with tf.control_dependencies([check]):
+        else:  # a failed update stopped the call already (see update.py)
+            with tf.control_dependencies([applied]):
                 count()
         return values
 
@@ -289,9 +286,9 @@ class CompiledSteps:
 
         return self.strategy.experimental_distribute_values_from_function(part)
 
-    def nonfinite_error(self, saved: str) -> NonFiniteError:
-        """The error for the update that failed (read from the diagnostics)."""
-        step, index, bad_loss, flags = self.diagnostics.failure()
+    def nonfinite_error(self, failure: tuple, saved: str) -> NonFiniteError:
+        """The error for the update that failed (``failure`` is :func:`failure_of`'s)."""
+        step, index, bad_loss, flags = failure
         update = list(self.updates.values())[index]
         names = [n for n, bad in zip(update.names, flags) if bad]
         step = step if step >= 0 else int(self.state.step.numpy())

@@ -66,7 +66,9 @@ class Trainer(StateView):
         mixed_precision: None, "mixed_float16" (with dynamic loss scaling) or "mixed_bfloat16".
         jit_compile: XLA-compile the forward and backward pass (default step only).
         steps_per_execution: Optimizer steps per compiled call; None: up to 64, stopping at
-            epoch ends, checkpoints and ``on_step_end`` callbacks (results are the same).
+            epoch ends, checkpoints and the steps callbacks ask for with ``next_step_end``
+            (a callback with ``on_step_end`` but no ``next_step_end`` gets 1 step per call);
+            results are the same.
         checkpoint_dir: Directory for checkpoints; a new Trainer pointed at it resumes.
         keep_checkpoints: How many checkpoints to keep.
         checkpoint_every: Also save every this many steps (default: at epoch ends only).

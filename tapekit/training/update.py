@@ -11,19 +11,31 @@ user-written step alike, goes through :class:`OptimizerUpdate`:
    is all-reduced here and clipped (Keras 3's TF optimizers always sum over replicas in
    ``apply``, so the clipped aggregate is handed on divided by the replica count); the
    replicas agree on "finite" in one small collective. Then one ``merge_call`` enters
-   cross-replica context, where the update runs under ``strategy.run``: unconditionally but
-   waiting for a ``tf.debugging.Assert`` (``on_nonfinite="raise"``; the host turns its failure
-   into :class:`tapekit.NonFiniteError`), or inside ``tf.cond(finite, apply, skip)`` (``"skip"``;
-   a synchronising update cannot sit in a ``tf.cond`` in replica context, hence the merge).
+   cross-replica context, where the update runs under ``strategy.run``:
+
+   * ``on_nonfinite="raise"``: every op of the update waits for an ``Assert`` on "finite"
+     (the raw op: no ``tf.cond`` around it, which costs 5-10% of a small model's step). A
+     failing Assert aborts the compiled call before any of the update, or anything after it
+     in the step (its logging included), runs; its message carries the step, the optimizer
+     and which values were not finite (:func:`failure_of`), and the host raises
+     :class:`tapekit.NonFiniteError` from it.
+   * ``"skip"``: inside ``tf.cond(finite, apply, skip)`` (a synchronising update cannot sit
+     in a ``tf.cond`` in replica context, hence the merge).
    Under float16 loss scaling the ``LossScaleOptimizer`` decides itself; a replica whose local
    gradient overflowed makes every replica's gradient non-finite first, so all of them skip.
 
 ``apply`` returns a boolean token (was the update applied); the step waits on all tokens before
 it advances the counters, and keeps the last gradient per optimizer for the logging hook.
+
+The finiteness test is the global norm's own sum of squares (``tf.nn.l2_loss`` per gradient,
+as ``tf.linalg.global_norm`` computes it), so checking costs no extra pass over the gradients;
+a variable is named as non-finite when its squared norm is (NaN/inf, or so large that its
+square overflows).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,11 +44,32 @@ import tensorflow as tf
 
 from ..errors import DisconnectedGradientError
 from .distribution import first_local
-from .state import Diagnostics
 
-__all__ = ["NONFINITE_MARK", "OptimizerUpdate"]
+__all__ = ["NONFINITE_MARK", "OptimizerUpdate", "failure_of"]
 
 NONFINITE_MARK = "tapekit-nonfinite-step"
+# The Assert's message: [mark optimizer-index] [step] [loss finite 0/1] [half squared norms]
+_FAILURE = re.compile(re.escape(NONFINITE_MARK) + r" (\d+)\] \[(-?\d+)\] \[(\d)\] \[([^\]]*)\]")
+
+
+def failure_of(message: str) -> tuple[int, int, bool, list[bool]] | None:
+    """``(step, optimizer index, loss was bad, bad flag per variable)`` from the message of a
+    failed non-finite Assert, or None if ``message`` is not one.
+
+    Example:
+        >>> failure_of("assertion failed: [tapekit-nonfinite-step 1] [7] [1] [0.5 nan 2]")
+        (7, 1, False, [False, True, False])
+        >>> failure_of("some other error") is None
+        True
+    """
+    found = _FAILURE.search(message)
+    if found is None:
+        return None
+    index, step, loss_ok, halves = found.groups()
+    flags = [not (float(h) < float("inf")) for h in halves.split()]  # NaN compares False
+    return int(step), int(index), loss_ok != "1", flags
+
+
 _SUM = tf.distribute.ReduceOp.SUM
 
 
@@ -50,7 +83,6 @@ class OptimizerUpdate:
         variables: The trainable variables it updates.
         names: Their readable names, same order.
         strategy: The Trainer's distribution strategy.
-        diagnostics: Where a failing update records what was not finite.
         step: The Trainer's step counter (read only).
         clip_norm: Clip the aggregated gradient to this global norm.
         clip_value: Clip each aggregated gradient element to ``[-clip_value, clip_value]``.
@@ -68,7 +100,6 @@ class OptimizerUpdate:
         names: Sequence[str],
         *,
         strategy: tf.distribute.Strategy,
-        diagnostics: Diagnostics,
         step: tf.Variable,
         clip_norm: float | None,
         clip_value: float | None,
@@ -78,7 +109,7 @@ class OptimizerUpdate:
     ) -> None:
         self.name, self.index, self.optimizer = name, index, optimizer
         self.variables, self.names = list(variables), list(names)
-        self.strategy, self.diagnostics, self.step = strategy, diagnostics, step
+        self.strategy, self.step = strategy, step
         self.clip_norm, self.clip_value = clip_norm, clip_value
         self.on_nonfinite, self.allow_unused, self.source = on_nonfinite, allow_unused, source
         self.replicas = strategy.num_replicas_in_sync
@@ -87,11 +118,11 @@ class OptimizerUpdate:
         self.last_grads: Any = None  # trace-time: the newest applied gradient (per replica)
         self.tokens: list[tf.Tensor] = []  # trace-time: one per apply of the current step
         self.probing = False  # while the step is traced only to check it: apply nothing
-        # On one replica the update sits in its tf.cond branch as one call of a function that
-        # is not inlined: a lowered cond costs a little for every op of its branches, and the
-        # update has many (measured with benchmarks/training.py).
+        # With "skip" on one replica the update sits in its tf.cond branch as one call of a
+        # function that is not inlined: a lowered cond costs a little for every op of its
+        # branches, and the update has many (measured with benchmarks/training.py).
         self._noinline: Any = None
-        if self.replicas == 1:
+        if self.replicas == 1 and on_nonfinite == "skip":
             self._noinline = tf.function(
                 lambda g, keep: strategy.run(self._apply_local, args=(g, keep, ())),
                 autograph=False,
@@ -142,7 +173,7 @@ class OptimizerUpdate:
             grads = ctx.all_reduce(_SUM, grads)
         loss_ok = tf.constant(True) if loss is None else tf.math.is_finite(loss)
         local_ok = self._all_finite(grads) if self.loss_scaled else None
-        grads, grads_ok = self._check_and_clip(grads)
+        grads, grads_ok, halves = self._check_and_clip(grads)
         if self.replicas > 1:  # one small collective: every replica takes the same decision
             flags = tf.stack([local_ok if self.loss_scaled else grads_ok, loss_ok])
             bad = ctx.all_reduce(_SUM, 1.0 - tf.cast(flags, tf.float32))
@@ -155,7 +186,9 @@ class OptimizerUpdate:
                 )
         finite = tf.logical_and(grads_ok, loss_ok)
         with tf.name_scope("update"):
-            token = ctx.merge_call(self._cross_apply, args=(grads, finite, loss_ok, tuple(keep)))
+            token = ctx.merge_call(
+                self._cross_apply, args=(grads, finite, loss_ok, halves, tuple(keep))
+            )
         self.tokens.append(token)
         return token
 
@@ -166,18 +199,25 @@ class OptimizerUpdate:
         return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
 
     def _check_and_clip(self, grads: list[tf.Tensor]) -> tuple:
-        if self.loss_scaled:  # LossScaleOptimizer skips non-finite gradients itself
-            finite, norm, scale = tf.constant(True), None, self.optimizer.dynamic_scale
-        else:
-            norm, scale = tf.linalg.global_norm(grads), None
+        """``(grads clipped, finite, half squared norms)``; the norms are empty under loss
+        scaling (the LossScaleOptimizer skips non-finite gradients itself)."""
+        halves, norm, scale = tf.zeros([0]), None, None
+        if self.loss_scaled:
+            finite, scale = tf.constant(True), self.optimizer.dynamic_scale
+        elif grads:  # what tf.linalg.global_norm computes, keeping the per-variable parts
+            dense = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
+            halves = tf.stack([tf.cast(tf.nn.l2_loss(g), tf.float32) for g in dense])
+            norm = tf.sqrt(2.0 * tf.reduce_sum(halves))
             finite = tf.math.is_finite(norm)
+        else:
+            finite = tf.constant(True)
         if self.clip_norm is not None:
             limit = self.clip_norm * scale if scale is not None else self.clip_norm
             grads, _ = tf.clip_by_global_norm(grads, limit, use_norm=norm)
         if self.clip_value is not None:
             limit = self.clip_value * scale if scale is not None else self.clip_value
             grads = [tf.clip_by_value(g, -limit, limit) for g in grads]
-        return grads, finite
+        return grads, finite, halves
 
     def _apply_local(self, grads: list[tf.Tensor], keep: tuple, after: Sequence[Any]) -> None:
         # Every op of the update waits for `after` (set here: replica functions may run in
@@ -195,32 +235,40 @@ class OptimizerUpdate:
         grads: list[Any],
         finite: Any,
         loss_ok: Any,
+        halves: Any,
         keep: tuple,
     ) -> tf.Tensor:
         self.last_grads = (grads, keep)
-        finite, loss_ok = first_local(strategy, (finite, loss_ok))
-
-        def run(after: Sequence[Any] = ()) -> tf.Tensor:
-            if self._noinline is not None:  # one call op in the branch (see __init__)
-                self._noinline(list(grads), keep)
-            else:
-                strategy.run(self._apply_local, args=(grads, keep, after))
-            return tf.constant(True)
-
+        finite, loss_ok, halves = first_local(strategy, (finite, loss_ok, halves))
         if self.on_nonfinite == "skip":
+
+            def run() -> tf.Tensor:
+                if self._noinline is not None:  # one call op in the branch (see __init__)
+                    self._noinline(list(grads), keep)
+                else:
+                    strategy.run(self._apply_local, args=(grads, keep, ()))
+                return tf.constant(True)
+
             return tf.cond(finite, run, lambda: tf.constant(False))
-
-        def record() -> tf.Tensor:
-            local = first_local(strategy, grads)
-            flags = [tf.constant(True)] * len(self.variables)
-            for i, g in zip(keep, local):
-                flags[i] = tf.reduce_all(tf.math.is_finite(g))
-            self.diagnostics.record(self.step, self.index, loss_ok, tf.stack(flags))
-            return tf.constant(False)
-
-        # "raise": a non-finite update is not applied and its diagnostics are recorded; the
-        # step raises (an Assert on every token) after the logging hook wrote its values.
-        return tf.cond(finite, run, record)
+        # "raise": the update waits for the check; a failure aborts the call (see module doc).
+        # Only kept variables have a norm; report one flag per variable of the optimizer.
+        flags = [tf.zeros([])] * len(self.variables)
+        for position, i in enumerate(keep):
+            if not self.loss_scaled:
+                flags[i] = halves[position]
+        check = tf.raw_ops.Assert(
+            condition=finite,
+            data=[
+                tf.constant(f"{NONFINITE_MARK} {self.index}"),
+                tf.cast(self.step, tf.int64),
+                tf.cast(loss_ok, tf.int32),
+                tf.stack(flags) if flags else tf.zeros([0]),
+            ],
+            summarize=max(len(self.variables), 1),
+        )
+        strategy.run(self._apply_local, args=(grads, keep, (check,)))
+        with tf.control_dependencies([check]):
+            return tf.identity(finite)
 
     def logged_gradients(self) -> tuple[list[tf.Tensor], list[Any]]:
         """The newest applied gradient, aggregated and unscaled, with its variables.
