@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from . import _lanczos
 from ._lanczos import HessianOperator, lanczos, rademacher, tridiagonal_eigh
 from .errors import describe_received
 
@@ -129,9 +130,9 @@ def top_eigenvalues(
     for run in range(k):
         random = rademacher(rng, op.n)
         start = random
-        if run < starts.shape[0] and np.linalg.norm(starts[run]) > 0:
+        if run < starts.shape[0] and _lanczos.norm(starts[run]) > 0:
             # a warm start, with a little of a random vector so no direction is missing
-            start = starts[run] / np.linalg.norm(starts[run]) + 0.01 * random / np.sqrt(op.n)
+            start = starts[run] / _lanczos.norm(starts[run]) + 0.01 * random / np.sqrt(op.n)
         alpha, beta, basis, b = lanczos(
             op, start, max_iters, locked=locked, store=op.store, converged=converged
         )
@@ -139,8 +140,8 @@ def top_eigenvalues(
         i = _pick(ritz, which)
         residual = b * abs(s[-1, i])
         worst = max(worst, residual / max(abs(ritz[i]), np.finfo(np.float64).tiny))
-        y = (s[:, i] @ basis).astype(np.float64)
-        y /= np.linalg.norm(y)
+        y = np.einsum("i,ij->j", s[:, i], basis).astype(np.float64)
+        y /= _lanczos.norm(y)
         values.append(float(ritz[i]))
         locked = np.concatenate([locked, y[None].astype(op.store)])
     if worst > tol:
@@ -197,7 +198,7 @@ def trace(
     quads = np.empty(samples)
     for i in range(samples):
         z = rademacher(rng, op.n)
-        quads[i] = z @ op(z).astype(np.float64)
+        quads[i] = _lanczos.dot(z, op(z).astype(np.float64))
     error = quads.std(ddof=1) / np.sqrt(samples)
     return tf.constant(quads.mean(), op.dtype), tf.constant(error, op.dtype)
 

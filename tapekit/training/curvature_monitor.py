@@ -30,10 +30,9 @@ import tensorflow as tf
 
 from .. import curvature as _curvature
 from ..noise_scale import gradient_noise_scale
-from ..transforms import grad
 from .callbacks import Callback
 from .distribution import is_chief
-from .model import variable_names
+from .model import tf_variable, variable_names
 
 __all__ = ["CurvatureMonitor"]
 
@@ -55,10 +54,6 @@ def _first_batch(data: Any) -> Any:
     if isinstance(data, tf.data.Dataset):
         return next(iter(data))
     return tf.nest.map_structure(tf.convert_to_tensor, data)
-
-
-def _norm(t: Any) -> float:
-    return float(np.linalg.norm(np.asarray(tf.convert_to_tensor(t), np.float64)))
 
 
 class CurvatureMonitor(Callback):
@@ -175,7 +170,25 @@ class CurvatureMonitor(Callback):
         self._names = variable_names(trainer.model, self._variables)
         fn = _curvature._inference_loss(trainer.model, loss_fn, batch)
         self._fn, self._primals = fn, (self._variables,)
-        self._grad = grad(fn)
+        watched = [tf_variable(v) for v in self._variables]
+
+        @tf.function(autograph=False)
+        def gradient_norms() -> list[tf.Tensor]:  # compiled: a measurement's cheap part
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(watched)
+                loss = fn(None)
+            grads = tape.gradient(loss, watched)
+            return [tf.zeros([]) if g is None else tf.norm(tf.convert_to_tensor(g)) for g in grads]
+
+        @tf.function(autograph=False)
+        def update_ratios(before: list[tf.Tensor]) -> list[tf.Tensor]:
+            return [
+                tf.norm(v - w0) / tf.maximum(tf.norm(w0), np.finfo(np.float32).tiny)
+                for v, w0 in zip(watched, before)
+            ]
+
+        self._gradient_norms, self._update_ratio_fn = gradient_norms, update_ratios
+        self._snapshot = tf.function(lambda: [tf.identity(v) for v in watched], autograph=False)
         self._batch = batch
         if self.noise_scale:
 
@@ -212,7 +225,7 @@ class CurvatureMonitor(Callback):
             self._update_ratios(step)
             self._measure(step)
         if (step + spacing) // self.every > step // self.every:  # the next call measures
-            self._before = (step, [np.asarray(tf.convert_to_tensor(v)) for v in self._variables])
+            self._before = (step, self._snapshot())
 
     def next_step_end(self, step: int) -> int | None:
         """The step before the next measurement (for the weights before it), then that step:
@@ -241,13 +254,9 @@ class CurvatureMonitor(Callback):
         if self._before is None or self._before[0] >= step:
             return
         before_step, before = self._before
-        span = step - before_step  # 1 unless steps_per_execution > 1: then the mean per step
-        values = {}
-        for name, v, w0 in zip(self._names, self._variables, before):
-            delta = np.asarray(tf.convert_to_tensor(v), np.float64) - w0
-            values[f"update_ratio/{name}"] = (
-                np.linalg.norm(delta) / span / max(np.linalg.norm(w0), np.finfo(np.float64).tiny)
-            )
+        span = step - before_step  # 1, unless a step callback of its own wants every step
+        ratios = self._update_ratio_fn(before)  # with steps_per_execution > 1: per-step mean
+        values = {f"update_ratio/{name}": float(r) / span for name, r in zip(self._names, ratios)}
         self._record(step, values)
         self._before = None
 
@@ -308,8 +317,7 @@ class CurvatureMonitor(Callback):
             tf.summary.write("curvature/density", tf.constant(buckets), step=step, metadata=meta)
 
     def _write_flow(self, step: int) -> None:
-        grads = self._grad(self._variables)
-        self._flow.append(np.array([_norm(g) for g in grads]))
+        self._flow.append(np.array([float(n) for n in self._gradient_norms()]))
         self._flow_steps.append(step)
         del self._flow[:-_HISTORY_COLUMNS], self._flow_steps[:-_HISTORY_COLUMNS]
         if self._writers is None:
