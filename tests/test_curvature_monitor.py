@@ -151,3 +151,32 @@ def test_invalid_arguments_name_the_fix():
         tapekit.CurvatureMonitor(_data(), every=0)
     with pytest.raises(TypeError, match="`loss_fn` to be callable"):
         tapekit.CurvatureMonitor(_data(), loss_fn="mse")
+
+
+def test_many_steps_per_call_give_the_exact_one_step_update_ratio():
+    x, y = _data()
+    runs = {}
+    for name, extra in (("alone", []), ("every step", [WeightRecorder()])):
+        monitor = tapekit.CurvatureMonitor((x, y), every=5, k=1)
+        trainer = tapekit.Trainer(
+            build_model,
+            loss_fn,
+            optimizer=keras.optimizers.SGD(0.2),
+            callbacks=[monitor, *extra],
+            logdir=False,
+            seed=0,
+        )
+        trainer.fit((x, y), batch_size=8, epochs=3, shuffle=False, verbose=0)  # 12 steps
+        runs[name] = (monitor.history, extra)
+    alone, (every, (recorder,)) = runs["alone"][0], runs["every step"]
+    tags = [t for t in alone if t.startswith("update_ratio/")]
+    assert len(tags) == 4 and all([s for s, _ in alone[t]] == [5, 10] for t in tags)
+    for k, tag in enumerate(tags):  # the alone run (calls of up to 4 steps) saw one step too
+        np.testing.assert_allclose(
+            [r for _, r in alone[tag]], [r for _, r in every[tag]], rtol=1e-6
+        )
+        for step, ratio in alone[tag]:
+            w1, w0 = recorder.weights[step][k], recorder.weights[step - 1][k]
+            np.testing.assert_allclose(
+                ratio, np.linalg.norm(w1 - w0) / np.linalg.norm(w0), rtol=1e-5
+            )

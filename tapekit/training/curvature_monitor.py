@@ -1,6 +1,6 @@
 """``CurvatureMonitor``: a Trainer callback logging curvature, gradient noise and update sizes.
 
-Every ``every`` steps, on one fixed batch and with the model in inference mode, it logs to
+At every multiple of ``every`` steps (step 0 included), on one fixed batch and with the model in inference mode, it logs to
 ``<logdir>/train`` (on the chief only; other workers compute nothing):
 
 * ``curvature/top_eigenvalue`` (the sharpness) and ``curvature/top_eigenvalue_2`` .. ``_k``;
@@ -63,7 +63,8 @@ class CurvatureMonitor(Callback):
         data: One batch, as ``loss_fn`` receives it (arrays or tensors, any nest), or a
             ``tf.data.Dataset`` whose first batch is used. The same batch at every
             measurement, so curves show the change of the model, not of the data.
-        every: Measure every this many steps (and once when ``fit`` starts).
+        every: Measure at every multiple of this many steps (step 0 included: a ``fit`` that
+            starts at step 0 measures before training).
         k: Top Hessian eigenvalues to log.
         trace: Also log the Hessian trace (``trace_samples`` Hessian-vector products).
         density: Also log the eigenvalue density (``density_steps`` products).
@@ -212,7 +213,7 @@ class CurvatureMonitor(Callback):
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         self._setup()
         step = self._previous = self.trainer.global_step
-        if self._last != step:
+        if step % self.every == 0 and self._last != step:  # curves on one grid of steps
             self._measure(step)
 
     def on_step_end(self, step: int, logs: dict[str, float] | None = None) -> None:
