@@ -1,7 +1,7 @@
 """``CurvatureMonitor``: a Trainer callback logging curvature, gradient noise and update sizes.
 
-At every multiple of ``every`` steps (step 0 included), on one fixed batch and with the model in inference mode, it logs to
-``<logdir>/train`` (on the chief only; other workers compute nothing):
+At every multiple of ``every`` steps (step 0 included), on one fixed batch and with the model
+in inference mode, it logs to ``<logdir>/train`` (on the chief only; other workers compute nothing):
 
 * ``curvature/top_eigenvalue`` (the sharpness) and ``curvature/top_eigenvalue_2`` .. ``_k``;
 * ``curvature/trace`` (and its standard error), ``curvature/density`` (the eigenvalue
