@@ -2,7 +2,8 @@
 """Set up tapekit in ./.venv (once), then run the demo, the tests, the recipes or TensorBoard.
 
     python3 dev.py demo               train the main recipe, write logs/ (the quick start)
-    python3 dev.py test [ARGS...]     run the test suite (what CI runs); ARGS go to pytest
+    python3 dev.py test [ARGS...]     run the test suite (what CI runs) in 2 worker processes;
+                                      with ARGS, pytest ARGS in one process (e.g. one file)
     python3 dev.py recipes            list the recipes
     python3 dev.py run NAME [ARGS...] run a recipe (01, 01_gradients or gradients), or any
                                       script (benchmarks/hessian.py); ARGS go to it
@@ -73,6 +74,9 @@ def command(py: Path, verb: str, args: list[str]) -> list[str]:
             main_recipe = ROOT / "recipes" / "01_gradients.py"
         return [str(py), str(main_recipe), *args]
     if verb == "test":
+        if not args:  # the whole suite: one worker per core (2 here), one test file each
+            workers = str(max(1, min(2, os.cpu_count() or 1)))
+            return [str(py), "-m", "pytest", "-n", workers, "--dist", "loadfile"]
         return [str(py), "-m", "pytest", *args]
     if verb == "run" and args and args[0].endswith(".py") and Path(args[0]).is_file():
         return [str(py), *args]  # a script of the checkout, e.g. benchmarks/hessian.py

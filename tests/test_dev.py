@@ -83,6 +83,10 @@ def test_verbs_pass_their_arguments_on(checkout, monkeypatch):
         "--epochs",
         "1",
     ]
+    workers = str(min(2, os.cpu_count() or 1))  # the whole suite runs in parallel workers
+    assert dev.command(py, "test", []) == [
+        str(py), "-m", "pytest", "-n", workers, "--dist", "loadfile"
+    ]  # fmt: skip
     assert dev.command(py, "test", ["-x", "tests/a.py"]) == [
         str(py),
         "-m",
