@@ -314,3 +314,24 @@ def test_custom_step_errors_say_how_to_fix():
         tapekit.Trainer(w, step=partial, logdir=False).evaluate(
             np.zeros(4, "float32"), batch_size=2
         )
+
+
+def test_learning_rate_callbacks_adjust_the_named_optimizer_of_several():
+    schedule = tapekit.LearningRateScheduler(lambda epoch, lr: lr * 0.5, optimizer="generator")
+    plateau = tapekit.ReduceLROnPlateau("critic_loss", factor=0.5, patience=0, optimizer="critic")
+    trainer = _gan.trainer(callbacks=[schedule, plateau], logdir=False)
+    rates = {
+        n: tapekit.training.lr_callbacks.get_learning_rate(o) for n, o in trainer.optimizers.items()
+    }
+    history = trainer.fit(_gan.real_data(), epochs=2, batch_size=16, verbose=0)
+    generator = tapekit.training.lr_callbacks.get_learning_rate(trainer.optimizers["generator"])
+    assert generator == pytest.approx(rates["generator"] * 0.25)  # halved at each epoch start
+    assert history.history["learning_rate/generator"] == pytest.approx(
+        [rates["generator"] * 0.5, generator]
+    )
+    assert (
+        "learning_rate/critic" in history.history
+    )  # the plateau callback logs the rate it watches
+    unnamed = _gan.trainer(callbacks=[tapekit.LearningRateScheduler(lambda e: 0.1)], logdir=False)
+    with pytest.raises(ValueError, match=r"has 2 \(generator, critic\).*optimizer='generator'"):
+        unnamed.fit(_gan.real_data(), epochs=1, batch_size=16, verbose=0)

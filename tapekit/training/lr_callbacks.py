@@ -64,6 +64,37 @@ def set_learning_rate(optimizer: Any, value: float, owner: str) -> None:
     optimizer.learning_rate = float(value)
 
 
+def target_optimizer(trainer: Any, name: str | None, owner: str) -> tuple[Any, str]:
+    """``(optimizer, logs key)``: the optimizer ``owner`` adjusts and where its rate is logged.
+
+    Args:
+        trainer: The Trainer (``trainer.optimizers``: name -> optimizer).
+        name: The optimizer's name, or None for a Trainer's only one.
+        owner: The callback's name, for messages.
+
+    Raises:
+        ValueError: If ``name`` is None but the Trainer has several optimizers, or it names
+            none of them.
+
+    Example:
+        >>> t = type("T", (), {"optimizers": {"model": keras.optimizers.SGD(0.5)}})()
+        >>> target_optimizer(t, None, "cb")[1]
+        'learning_rate'
+    """
+    optimizers = dict(trainer.optimizers)
+    if name is None and len(optimizers) == 1:
+        return next(iter(optimizers.values())), "learning_rate"
+    if name in optimizers:
+        key = "learning_rate" if len(optimizers) == 1 else f"learning_rate/{name}"
+        return optimizers[name], key
+    what = f"optimizer={name!r}" if name is not None else "no optimizer name"
+    raise ValueError(
+        f"{owner} sets one optimizer's learning rate, but received {what} and this Trainer "
+        f"has {len(optimizers)} ({', '.join(optimizers)}). Pass {owner}(..., "
+        f"optimizer={next(iter(optimizers))!r}) with one of those names."
+    )
+
+
 class ReduceLROnPlateau(Callback):
     """Multiply the learning rate by ``factor`` when ``monitor`` stopped improving, as Keras.
 
@@ -78,14 +109,17 @@ class ReduceLROnPlateau(Callback):
         min_delta: The smallest change that counts as an improvement.
         cooldown: Epochs to wait after a reduction before counting again.
         min_lr: The lower bound of the learning rate.
+        optimizer: Which optimizer of a Trainer with several (e.g. ``"critic"``); None for
+            the only one.
 
     Raises:
-        ValueError: For ``factor >= 1``, a negative ``patience`` or an unknown ``mode``.
+        ValueError: For ``factor >= 1``, a negative ``patience`` or an unknown ``mode``; at
+            the first epoch end, for a Trainer with several optimizers and no ``optimizer``.
 
     Example:
         >>> opt = keras.optimizers.SGD(1.0)
         >>> cb = ReduceLROnPlateau("loss", factor=0.5, patience=1)
-        >>> cb.trainer = type("T", (), {"optimizer": opt})()
+        >>> cb.trainer = type("T", (), {"optimizers": {"model": opt}})()
         >>> cb.on_train_begin()
         >>> for epoch, loss in enumerate([1.0, 1.0, 1.0]):
         ...     cb.on_epoch_end(epoch, {"loss": loss})
@@ -103,6 +137,7 @@ class ReduceLROnPlateau(Callback):
         min_delta: float = 1e-4,
         cooldown: int = 0,
         min_lr: float = 0.0,
+        optimizer: str | None = None,
     ) -> None:
         super().__init__()
         if factor >= 1.0:
@@ -111,7 +146,7 @@ class ReduceLROnPlateau(Callback):
             raise ValueError(f"ReduceLROnPlateau patience must be an int >= 0, got {patience!r}.")
         self.monitor, self.mode = monitor, monitor_mode(monitor, mode)
         self.factor, self.patience, self.min_delta = factor, patience, abs(min_delta)
-        self.cooldown, self.min_lr = cooldown, min_lr
+        self.cooldown, self.min_lr, self.optimizer = cooldown, min_lr, optimizer
         self.on_train_begin()
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
@@ -124,9 +159,9 @@ class ReduceLROnPlateau(Callback):
         return value > self.best + self.min_delta
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        optimizer = self.trainer.optimizer
+        optimizer, key = target_optimizer(self.trainer, self.optimizer, "ReduceLROnPlateau")
         if logs is not None:
-            logs["learning_rate"] = get_learning_rate(optimizer)
+            logs[key] = get_learning_rate(optimizer)
         value = monitor_value("ReduceLROnPlateau", self.monitor, logs)
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
@@ -152,28 +187,31 @@ class LearningRateScheduler(Callback):
     Args:
         schedule: ``schedule(epoch, lr) -> float`` (0-based epoch, current rate), or
             ``schedule(epoch) -> float``.
+        optimizer: Which optimizer of a Trainer with several (e.g. ``"generator"``); None for
+            the only one.
 
     Raises:
-        ValueError: At an epoch start, if ``schedule`` returned something other than a float.
+        ValueError: At an epoch start, if ``schedule`` returned something other than a float,
+            or for a Trainer with several optimizers and no ``optimizer``.
 
     Example:
         >>> opt = keras.optimizers.SGD(1.0)
         >>> cb = LearningRateScheduler(lambda epoch, lr: lr * 0.5 if epoch else lr)
-        >>> cb.trainer = type("T", (), {"optimizer": opt})()
+        >>> cb.trainer = type("T", (), {"optimizers": {"model": opt}})()
         >>> for epoch in range(3):
         ...     cb.on_epoch_begin(epoch)
         >>> get_learning_rate(opt)
         0.25
     """
 
-    def __init__(self, schedule: Callable[..., float]) -> None:
+    def __init__(self, schedule: Callable[..., float], *, optimizer: str | None = None) -> None:
         super().__init__()
         if not callable(schedule):
             raise TypeError(f"LearningRateScheduler needs a callable, got {schedule!r}.")
-        self.schedule = schedule
+        self.schedule, self.optimizer = schedule, optimizer
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        optimizer = self.trainer.optimizer
+        optimizer, _ = target_optimizer(self.trainer, self.optimizer, "LearningRateScheduler")
         current = get_learning_rate(optimizer)
         try:
             value = self.schedule(epoch, current)
@@ -187,5 +225,6 @@ class LearningRateScheduler(Callback):
         set_learning_rate(optimizer, value, "LearningRateScheduler")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        optimizer, key = target_optimizer(self.trainer, self.optimizer, "LearningRateScheduler")
         if logs is not None:
-            logs["learning_rate"] = get_learning_rate(self.trainer.optimizer)
+            logs[key] = get_learning_rate(optimizer)
