@@ -146,6 +146,20 @@ def test_tags_are_grouped_and_validation_shares_the_charts_and_steps(tmp_path):
     np.testing.assert_allclose([rate[6], rate[12]], hist["steps_per_second"], rtol=1e-6)
 
 
+def test_skipped_steps_are_counted_in_the_optimizer_group(tmp_path):
+    x, y = _data()
+    x[20] = np.nan  # the batch of examples 16..23 is skipped in each epoch (no shuffle)
+    trainer = tapekit.Trainer(
+        _build, plain_mse, logdir=tmp_path, on_nonfinite="skip", histogram_every=0, seed=0
+    )
+    hist = trainer.fit((x, y), epochs=2, batch_size=8, shuffle=False, verbose=0)
+    trainer.close()
+    train = _events(tmp_path / "train")
+    assert _values(train, "optimizer/skipped_steps") == {6: 1.0, 12: 2.0}  # the count so far
+    assert hist["skipped_steps"] == [1.0, 2.0]
+    assert not [t for t in train.Tags()["tensors"] if t.startswith("skipped_steps")]
+
+
 def test_log_every_and_histograms_off(tmp_path):
     trainer = tapekit.Trainer(
         _build, mse, logdir=tmp_path, log_every=5, histogram_every=0, steps_per_execution=3

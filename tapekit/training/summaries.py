@@ -15,7 +15,7 @@ overlaid), then ``optimizer``, then ``gradient_norm``. Under ``<logdir>/train``:
 * at each epoch end: ``loss/epoch`` (the epoch average) and ``<name>/epoch`` for every extra
   and metric; ``optimizer/learning_rate`` (``optimizer/<name>/learning_rate`` with several
   optimizers), ``optimizer/steps_per_second`` and, once a step was skipped,
-  ``optimizer/skipped_steps``;
+  ``optimizer/skipped_steps`` (the count so far);
 * the graph of the compiled train step (forward, backward and update), once.
 
 Under ``<logdir>/validation``, at each epoch end: ``<name>/epoch`` for the loss, extras and
