@@ -12,8 +12,8 @@ at two step sizes. The sharpness is `tapekit.curvature.top_eigenvalues` of the f
 
 Run it with `python3 dev.py run 13`, then `python3 dev.py board logs/13_edge_of_stability`: one run
 per step size with `loss`, the sharpness (`curvature/top_eigenvalue`), `two_over_eta` and
-`learning_rate` (the Custom Scalars tab draws sharpness and 2/η of every run on one chart; `python3
-dev.py inspect` reports them).
+`optimizer/learning_rate` (the Custom Scalars tab draws sharpness and 2/η of every run on one
+chart; `python3 dev.py inspect` reports them).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def train(eta: float, args: argparse.Namespace, data: tuple) -> dict:
             sharpness.append((start, float(values[0])))
             tf.summary.scalar("curvature/top_eigenvalue", values[0], step=start)
             tf.summary.scalar("two_over_eta", 2.0 / eta, step=start)
-            tf.summary.scalar("learning_rate", eta, step=start)  # for `tapekit inspect`
+            tf.summary.scalar("optimizer/learning_rate", eta, step=start)  # `tapekit inspect`
             n = min(args.every, args.steps - start)
             if n <= 0:
                 break

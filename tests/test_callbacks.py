@@ -78,7 +78,8 @@ def test_learning_rate_in_tensorboard_whatever_changes_it(tmp_path):
         acc = EventAccumulator(str(tmp_path / run / "train"), size_guidance={"tensors": 0})
         acc.Reload()
         logged[run] = {
-            e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("learning_rate")
+            e.step: float(tf.make_ndarray(e.tensor_proto))
+            for e in acc.Tensors("optimizer/learning_rate")
         }
     # a: the rate each epoch ran with (epoch 1 sets the best; halved after epoch 2's end)
     np.testing.assert_allclose([logged["a"][s] for s in (4, 8, 12)], [0.1, 0.1, 0.05])

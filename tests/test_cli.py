@@ -188,6 +188,19 @@ def test_summarize_reads_steps_last_best_and_warns(tmp_path):
     [
         ("loss", "min"),
         ("epoch_loss", "min"),
+        ("loss/step", "min"),  # the Trainer's tags
+        ("loss/epoch", "min"),
+        ("acc/step", "max"),
+        ("acc/epoch", "max"),
+        ("mean_absolute_error/epoch", "min"),
+        ("critic_loss/step", "min"),
+        ("optimizer/learning_rate", None),
+        ("optimizer/steps_per_second", None),
+        ("optimizer/loss_scale", None),
+        ("optimizer/critic/loss_scale", None),
+        ("optimizer/critic/learning_rate", None),
+        ("optimizer/skipped_steps", None),
+        ("update_ratio/net/dense/kernel", None),
         ("loss/train", "min"),
         ("val_acc", "max"),
         ("metrics/accuracy", "max"),
@@ -272,6 +285,65 @@ def test_inspect_prints_a_report_per_run(tmp_path, capsys):
     assert re.search(r"^  WARNING gradient_norm/wild/kernel: exploding, grew", out, re.M)
     assert re.search(r"^  WARNING gradient_norm/broken/kernel: non-finite .* step 12", out, re.M)
     assert "also: histograms (1)" in out
+
+
+def test_inspect_reads_a_real_trainer_run_by_its_grouped_tags(tmp_path, capsys):
+    import keras
+
+    import tapekit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 2)).astype("float32")
+    y = (x[:, :1] + x[:, 1:] > 0).astype("float32")
+
+    def bce(model, batch):
+        pred = model(batch[0], training=True)
+        loss = tf.reduce_mean(keras.losses.binary_crossentropy(batch[1], pred))
+        return loss, {"y_true": batch[1], "y_pred": pred}
+
+    def build():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+
+    trainer = tapekit.Trainer(
+        build, bce, optimizer=keras.optimizers.SGD(0.5), metrics=["accuracy"], logdir=tmp_path,
+        log_every=2, histogram_every=0, seed=0,
+    )  # fmt: skip
+    hist = trainer.fit(
+        (x[:48], y[:48]), epochs=3, batch_size=16, validation_data=(x[48:], y[48:]), verbose=0
+    )
+    trainer.close()
+    runs = {r.name: r for r in reader.summarize(tmp_path)}
+    train, val = runs["train"].scalars, runs["validation"].scalars
+    for scalars, prefix in ((train, ""), (val, "val_")):
+        steps = [3, 6, 9]  # three batches per epoch: the global step at each epoch's end
+        for tag, key, pick, direction in (
+            ("loss/epoch", "loss", min, "min"),
+            ("accuracy/epoch", "accuracy", max, "max"),
+        ):
+            values = hist[prefix + key]
+            best = pick(values)
+            assert scalars[tag].steps == steps and scalars[tag].direction == direction
+            assert scalars[tag].best() == (pytest.approx(best), steps[values.index(best)])
+    assert val["loss/step"].steps == [3, 6, 9] and val["loss/step"].best() is not None
+    for tag in ("optimizer/learning_rate", "optimizer/steps_per_second", "gradient_norm/global"):
+        assert train[tag].best() is None, tag
+    assert train["optimizer/learning_rate"].values == pytest.approx([0.5] * 3)
+    assert cli.main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  loss/epoch\s+\S+\s+\S+ \(min, step \d\)$", out, re.M)
+    assert re.search(r"^  accuracy/epoch\s+\S+\s+\S+ \(max, step \d\)$", out, re.M)
+    assert re.search(r"^  optimizer/learning_rate\s+0\.5\s+-$", out, re.M)
+    assert re.search(r"^  optimizer/steps_per_second\s+\S+\s+-$", out, re.M)
+    table = out.split("run validation")[0].split("  gradient norm")[0].splitlines()
+    rows = [line.split()[0] for line in table[2:]]
+    assert rows == [  # the groups, top-down
+        "accuracy/epoch",
+        "loss/epoch",
+        "loss/step",
+        "optimizer/learning_rate",
+        "optimizer/steps_per_second",
+    ]
 
 
 def test_inspect_thresholds_are_options(tmp_path, capsys):

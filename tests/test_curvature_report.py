@@ -5,8 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import keras
+import numpy as np
 import tensorflow as tf
 
+import tapekit
 from tapekit.board import reader as logs_inspect
 from tapekit.board.curvature_report import curvature_findings
 
@@ -23,7 +26,7 @@ def test_edge_of_stability_exploding_updates_and_noise_scale(tmp_path):
         tmp_path / "gd" / "train",
         {
             "curvature/top_eigenvalue": [(0, 1.5), (100, 6.4), (200, 6.9)],
-            "learning_rate": [(200, 0.3)],
+            "optimizer/learning_rate": [(200, 0.3)],  # the Trainer's tag
             "update_ratio/net/dense/kernel": [(100, 1e-3), (200, 0.35)],
             "update_ratio/net/dense/bias": [(100, 1e-3), (200, 2e-3)],
             "gradient_noise/b_simple": [(100, 900.0), (200, 1100.0), (300, 1000.0)],
@@ -46,11 +49,8 @@ def test_edge_of_stability_exploding_updates_and_noise_scale(tmp_path):
 
 
 def test_above_below_and_nothing_to_say(tmp_path):
-    for name, sharp in (("above", 30.0), ("below", 5.0)):
-        _write(
-            tmp_path / name,
-            {"curvature/top_eigenvalue": [(10, sharp)], "learning_rate": [(10, 0.1)]},
-        )
+    for name, sharp, lr_tag in (("above", 30.0, "learning_rate"), ("below", 5.0, "lr")):
+        _write(tmp_path / name, {"curvature/top_eigenvalue": [(10, sharp)], lr_tag: [(10, 0.1)]})
     _write(tmp_path / "plain", {"loss": [(0, 1.0)]})
     runs = {r.name: r for r in logs_inspect.summarize(tmp_path)}
     [(kind, text)] = curvature_findings(runs["above"].scalars)
@@ -72,3 +72,35 @@ def test_tapekit_inspect_prints_the_findings(tmp_path):
         check=True,
     ).stdout
     assert "NOTE sharpness 4.2 at step 5 is 1.05 x 2/learning_rate = 4: at the edge" in out
+
+
+def test_a_trainer_run_is_compared_with_its_own_learning_rate(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 2)).astype("float32")
+    y = np.tanh(x @ np.array([[1.0], [-2.0]], "float32"))
+    monitor = tapekit.CurvatureMonitor((x, y), every=2, k=1, tol=1e-5, max_iters=40)
+
+    def build():
+        keras.utils.set_random_seed(0)
+        layers = [
+            keras.Input((2,)),
+            keras.layers.Dense(4, activation="tanh"),
+            keras.layers.Dense(1),
+        ]
+        return keras.Sequential(layers)
+
+    def mse(model, batch):
+        return tf.reduce_mean((model(batch[0], training=True) - batch[1]) ** 2)
+
+    trainer = tapekit.Trainer(
+        build, mse, optimizer=keras.optimizers.SGD(0.25), callbacks=[monitor], logdir=tmp_path,
+        histogram_every=0, seed=0,
+    )  # fmt: skip
+    trainer.fit((x, y), batch_size=16, epochs=4, verbose=0)  # full batch: one step per epoch
+    trainer.close()
+    [run] = logs_inspect.summarize(tmp_path)
+    assert run.scalars["optimizer/learning_rate"].values == [0.25] * 4
+    step, sharp = monitor.history["curvature/top_eigenvalue"][-1]
+    [(kind, text)] = [f for f in curvature_findings(run.scalars) if "sharpness" in f[1]]
+    assert text.startswith(f"sharpness {sharp:.4g} at step {step} is {sharp / 8:.3g} x ")
+    assert "2/learning_rate = 8:" in text and kind == ("WARNING" if sharp / 8 > 1.1 else "NOTE")

@@ -53,6 +53,9 @@ def test_sharpness_rises_to_two_over_eta_and_is_logged(tmp_path):
         assert sharp[0][1] == pytest.approx(start, abs=1e-3)
         assert sharp[-1][1] == pytest.approx(end, abs=1e-3)
         assert [v for _, v in _series(run, "two_over_eta")] == pytest.approx([2 / eta] * 16)
+        rates = _series(run, "optimizer/learning_rate")  # what `tapekit inspect` compares with
+        assert [s for s, _ in rates] == list(range(0, 1501, 100))
+        assert [v for _, v in rates] == pytest.approx([eta] * 16)
         losses = _series(run, "loss")
         assert len(losses) == 1501 and losses[0][1] == pytest.approx(float(row["l0"]), abs=1e-4)
     # at eta = 0.5 the loss is non-monotone once the sharpness reaches 2/eta

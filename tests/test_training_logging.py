@@ -35,6 +35,10 @@ def mse(model, batch):
     return tf.reduce_mean(err**2), {"bias": tf.reduce_mean(err)}
 
 
+def plain_mse(model, batch):
+    return tf.reduce_mean((model(batch[0], training=True) - batch[1]) ** 2)
+
+
 def _events(path) -> EventAccumulator:
     acc = EventAccumulator(str(path), size_guidance={"tensors": 0, "histograms": 0, "scalars": 0})
     acc.Reload()
@@ -58,23 +62,32 @@ def test_fit_writes_scalars_norms_histograms_and_the_step_graph(tmp_path):
     tags = set(train.Tags()["tensors"])
     names = ["net/hidden/kernel", "net/hidden/bias", "net/out/kernel", "net/out/bias"]
     assert {
-        "loss",
-        "bias",
-        "epoch_loss",
-        "mean_absolute_error",
-        "learning_rate",
-        "steps_per_second",
+        "loss/step",
+        "bias/step",
+        "loss/epoch",
+        "mean_absolute_error/epoch",
+        "optimizer/learning_rate",
+        "optimizer/steps_per_second",
         "gradient_norm/global",
     } <= tags
     for name in names:  # one unique tag per variable
         assert {f"gradient_norm/{name}", f"gradients/{name}", f"weights/{name}"} <= tags
-    assert sorted(_values(train, "loss")) == list(range(12))  # every step (log_every=1)
+    assert sorted(_values(train, "loss/step")) == list(range(12))  # every step (log_every=1)
     assert sorted(e.step for e in train.Tensors(f"gradients/{names[0]}")) == [0, 4, 8]
-    epoch_loss = _values(train, "epoch_loss")
+    epoch_loss = _values(train, "loss/epoch")
     np.testing.assert_allclose([epoch_loss[6], epoch_loss[12]], hist["loss"], rtol=1e-6)
-    np.testing.assert_allclose(list(_values(train, "learning_rate").values()), [0.001] * 2)
-    assert set(val.Tags()["tensors"]) == {"loss", "bias", "mean_absolute_error"}
-    np.testing.assert_allclose(list(_values(val, "loss").values()), hist["val_loss"], rtol=1e-6)
+    mae = _values(train, "mean_absolute_error/epoch")
+    np.testing.assert_allclose([mae[6], mae[12]], hist["mean_absolute_error"], rtol=1e-6)
+    np.testing.assert_allclose(list(_values(train, "optimizer/learning_rate").values()), [1e-3] * 2)
+    assert set(val.Tags()["tensors"]) == {
+        "loss/epoch",
+        "loss/step",
+        "bias/epoch",
+        "bias/step",
+        "mean_absolute_error/epoch",
+    }
+    val_loss = _values(val, "loss/epoch")
+    np.testing.assert_allclose([val_loss[6], val_loss[12]], hist["val_loss"], rtol=1e-6)
     # The global norm logged at step 0 is the norm of the first batch's gradient.
     model = _build()
     with tf.GradientTape() as tape:
@@ -89,6 +102,64 @@ def test_fit_writes_scalars_norms_histograms_and_the_step_graph(tmp_path):
     )
 
 
+def test_tags_are_grouped_and_validation_shares_the_charts_and_steps(tmp_path):
+    trainer = tapekit.Trainer(
+        _build, plain_mse, logdir=tmp_path, log_every=2, histogram_every=0, metrics=["mae"], seed=0
+    )
+    (x, y), (xv, yv) = _data(), _data(16, 1)
+    hist = trainer.fit((x, y), epochs=2, batch_size=8, validation_data=(xv, yv), verbose=0)
+    trainer.close()
+    train, val = _events(tmp_path / "train"), _events(tmp_path / "validation")
+    variables = ["net/hidden/kernel", "net/hidden/bias", "net/out/kernel", "net/out/bias"]
+    assert set(train.Tags()["tensors"]) == {
+        "loss/step",
+        "loss/epoch",
+        "mean_absolute_error/epoch",
+        "optimizer/learning_rate",
+        "optimizer/steps_per_second",
+        "gradient_norm/global",
+        *(f"gradient_norm/{name}" for name in variables),
+    }
+    assert set(val.Tags()["tensors"]) == {"loss/step", "loss/epoch", "mean_absolute_error/epoch"}
+    # Per epoch: train and validation at the same steps (the global step at each epoch's end).
+    train_epoch, val_epoch = _values(train, "loss/epoch"), _values(val, "loss/epoch")
+    assert sorted(train_epoch) == sorted(val_epoch) == [6, 12]
+    np.testing.assert_allclose([train_epoch[6], train_epoch[12]], hist["loss"], rtol=1e-6)
+    np.testing.assert_allclose([val_epoch[6], val_epoch[12]], hist["val_loss"], rtol=1e-6)
+    val_mae = _values(val, "mean_absolute_error/epoch")
+    np.testing.assert_allclose([val_mae[6], val_mae[12]], hist["val_mean_absolute_error"])
+    # The last validation loss, recomputed from the final weights outside the Trainer.
+    final = float(np.mean((trainer.model(xv, training=False).numpy() - yv) ** 2))
+    np.testing.assert_allclose(val_epoch[12], final, rtol=1e-5)
+    # Per step: train every log_every steps, validation as one point per epoch end.
+    assert sorted(_values(train, "loss/step")) == [0, 2, 4, 6, 8, 10]
+    assert _values(val, "loss/step") == val_epoch
+    # History, callbacks' logs and the console keep the plain names.
+    assert set(hist.history) == {
+        "loss",
+        "mean_absolute_error",
+        "val_loss",
+        "val_mean_absolute_error",
+        "steps_per_second",
+    }
+    rate = _values(train, "optimizer/steps_per_second")
+    np.testing.assert_allclose([rate[6], rate[12]], hist["steps_per_second"], rtol=1e-6)
+
+
+def test_skipped_steps_are_counted_in_the_optimizer_group(tmp_path):
+    x, y = _data()
+    x[20] = np.nan  # the batch of examples 16..23 is skipped in each epoch (no shuffle)
+    trainer = tapekit.Trainer(
+        _build, plain_mse, logdir=tmp_path, on_nonfinite="skip", histogram_every=0, seed=0
+    )
+    hist = trainer.fit((x, y), epochs=2, batch_size=8, shuffle=False, verbose=0)
+    trainer.close()
+    train = _events(tmp_path / "train")
+    assert _values(train, "optimizer/skipped_steps") == {6: 1.0, 12: 2.0}  # the count so far
+    assert hist["skipped_steps"] == [1.0, 2.0]
+    assert not [t for t in train.Tags()["tensors"] if t.startswith("skipped_steps")]
+
+
 def test_log_every_and_histograms_off(tmp_path):
     trainer = tapekit.Trainer(
         _build, mse, logdir=tmp_path, log_every=5, histogram_every=0, steps_per_execution=3
@@ -96,7 +167,7 @@ def test_log_every_and_histograms_off(tmp_path):
     trainer.fit(_data(), epochs=2, batch_size=8, verbose=0)
     trainer.close()
     train = _events(tmp_path / "train")
-    assert sorted(_values(train, "loss")) == [0, 5, 10]
+    assert sorted(_values(train, "loss/step")) == [0, 5, 10]
     assert sorted(e.step for e in train.Tensors("gradient_norm/global")) == [0, 5, 10]
     assert not any(t.startswith(("gradients/", "weights/")) for t in train.Tags()["tensors"])
 
@@ -107,7 +178,7 @@ def test_events_survive_a_failing_fit(tmp_path):
     trainer = tapekit.Trainer(_build, mse, logdir=tmp_path, log_every=1)
     with pytest.raises(tapekit.NonFiniteError, match="at step 2 "):
         trainer.fit((x, y), batch_size=8, shuffle=False, verbose=0)
-    losses = _values(_events(tmp_path / "train"), "loss")  # no close(): fit closed the writers
+    losses = _values(_events(tmp_path / "train"), "loss/step")  # fit closed the writers
     # Every completed step is on disk; the failing step stopped before its update and its
     # logging (the error names it), so nothing non-finite was written.
     assert sorted(losses) == [0, 1] and np.isfinite(list(losses.values())).all()

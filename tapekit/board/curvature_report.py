@@ -1,7 +1,8 @@
 """What ``tapekit inspect`` says about the curvature, update sizes and gradient noise of a run.
 
-It reads the scalars :class:`tapekit.CurvatureMonitor` writes (and the ``learning_rate`` the
-Trainer writes) and reports:
+It reads the scalars :class:`tapekit.CurvatureMonitor` writes (and the learning rate the
+Trainer writes, ``optimizer/learning_rate``; a bare ``learning_rate`` or ``lr`` from users' own
+logs and older runs is read too) and reports:
 
 * the last sharpness (``curvature/top_eigenvalue``) against ``2 / learning_rate``: plain
   gradient descent is stable along a direction of curvature λ only while λ < 2/η, and full-batch
@@ -21,7 +22,7 @@ from typing import Any
 __all__ = ["curvature_findings"]
 
 _SHARPNESS = "curvature/top_eigenvalue"
-_LEARNING_RATE = ("learning_rate", "lr")
+_LEARNING_RATE = ("optimizer/learning_rate", "learning_rate", "lr")  # first found is used
 _UPDATE_PREFIX = "update_ratio/"
 
 
@@ -130,7 +131,7 @@ def curvature_findings(
     Example:
         >>> from types import SimpleNamespace as S
         >>> runs = {"curvature/top_eigenvalue": S(steps=[0, 100], values=[2.0, 19.6]),
-        ...         "learning_rate": S(steps=[100], values=[0.1]),
+        ...         "optimizer/learning_rate": S(steps=[100], values=[0.1]),
         ...         "update_ratio/dense/kernel": S(steps=[100], values=[0.4])}
         >>> for kind, text in curvature_findings(runs):
         ...     print(kind, text.split(":")[0])

@@ -37,11 +37,11 @@ AUTO_STEPS = 64
 
 
 def _learning_rates(optimizers: dict[str, Any]) -> dict[str, float]:
+    """Each optimizer's current learning rate, by optimizer name (the hook names the tags)."""
     out = {}
     for name, opt in optimizers.items():
         lr = opt.learning_rate
-        value = float(tf.convert_to_tensor(getattr(lr, "value", lr)).numpy())
-        out["learning_rate" if len(optimizers) == 1 else f"learning_rate/{name}"] = value
+        out[name] = float(tf.convert_to_tensor(getattr(lr, "value", lr)).numpy())
     return out
 
 
@@ -272,8 +272,13 @@ class FitLoop:
                         for key, v in logs.items()
                         if not key.startswith("val_") and key != "steps_per_second"
                     }
-                    extra = {**_learning_rates(optimizers), "steps_per_second": rate}
-                    hook.epoch_end(step, train_vals, val_logs, extra)
+                    hook.epoch_end(
+                        step,
+                        train_vals,
+                        val_logs,
+                        learning_rates=_learning_rates(optimizers),
+                        steps_per_second=rate,
+                    )
                 callbacks.on_epoch_end(epoch, logs)
                 if interrupt is not None:
                     interrupt(save_now)

@@ -1,19 +1,29 @@
 """TensorBoard logging of a Trainer run, through ``tapekit.board`` (the interface in BOARD_API).
 
-What is written, under ``<logdir>/train`` and ``<logdir>/validation``:
+TensorBoard groups charts by the tag's prefix before the first ``/`` and draws every run's
+values of one tag in one chart, so the tags read top-down: one group per loss, extra or metric
+(``loss/step``, ``loss/epoch``, ``<name>/step``, ``<name>/epoch``, with train and validation
+overlaid), then ``optimizer``, then ``gradient_norm``. Under ``<logdir>/train``:
 
-* train, every ``log_every`` steps, from inside the compiled step: ``loss`` and the extras of
-  ``loss_fn`` (or the scalars a custom step returns); ``gradient_norm/global`` and
-  ``gradient_norm/<variable>`` (:class:`tapekit.board.GradientLogger`, over the gradients each
-  optimizer applied last in the step); with several optimizers also
+* every ``log_every`` steps, from inside the compiled step: ``loss/step`` and ``<name>/step``
+  for the extras of ``loss_fn`` (or the scalars a custom step returns); ``gradient_norm/global``
+  and ``gradient_norm/<variable>`` (:class:`tapekit.board.GradientLogger`, over the gradients
+  each optimizer applied last in the step); with several optimizers also
   ``optimizer/<name>/gradient_norm``; under float16 loss scaling ``optimizer/loss_scale``
   (``optimizer/<name>/loss_scale`` with several); every ``histogram_every`` steps the
-  histograms ``gradients/<variable>`` and ``weights/<variable>``.
-* train, at each epoch end: ``epoch_loss`` (the epoch average), every metric,
-  ``learning_rate``, ``steps_per_second``.
-* validation, at each epoch end: ``loss``, extras and every metric (so the validation loss is
-  drawn on the same chart as the training loss).
+  histograms ``gradients/<variable>`` and ``weights/<variable>``;
+* at each epoch end: ``loss/epoch`` (the epoch average) and ``<name>/epoch`` for every extra
+  and metric; ``optimizer/learning_rate`` (``optimizer/<name>/learning_rate`` with several
+  optimizers), ``optimizer/steps_per_second`` and, once a step was skipped,
+  ``optimizer/skipped_steps`` (the count so far);
 * the graph of the compiled train step (forward, backward and update), once.
+
+Under ``<logdir>/validation``, at each epoch end: ``<name>/epoch`` for the loss, extras and
+metrics, and ``<name>/step`` for the loss and extras (the values train logs per step), so the
+per-step chart shows validation as one point per epoch end. Epoch values are written at the
+global step the epoch ended on, so per-step and per-epoch charts share their x axis. History
+keys, callbacks' ``logs`` and the console line keep their plain names (``loss``, ``val_loss``,
+``learning_rate``, ``steps_per_second``).
 
 Writers are created lazily, flushed at every epoch end and at the end of ``fit``, and closed by
 ``Trainer.close()``, when ``fit`` raises, or when the Trainer is garbage-collected. Only the
@@ -34,6 +44,13 @@ import tensorflow as tf
 from .distribution import is_chief
 
 __all__ = ["BoardHook", "choose_logdir"]
+
+_SKIPPED = "skipped_steps"  # a count the loop adds to the epoch's logs, not a mean
+
+
+def _optimizer_tag(what: str, name: str, several: bool) -> str:
+    """``optimizer/<what>``, or ``optimizer/<name>/<what>`` when there are several."""
+    return f"optimizer/{name}/{what}" if several else f"optimizer/{what}"
 
 
 def choose_logdir(logdir: str | os.PathLike | bool | None, name: str) -> str | None:
@@ -76,6 +93,7 @@ class BoardHook:
         self._gradient_logger_cls = GradientLogger
         self.histogram_every = int(histogram_every)
         self._gradients: Any = None
+        self._step_names: frozenset[str] = frozenset({"loss"})  # names logged per step
         self.graph_written = not self.writers.enabled  # nothing to write on other workers
         self.closed = False
         self._finalizer = weakref.finalize(self, self.writers.close)
@@ -114,23 +132,24 @@ class BoardHook:
             hist_due = tf.equal(tf.math.floormod(step, self.histogram_every), 0)
             due = tf.logical_or(due, hist_due)
         several = len(updates) > 1
+        self._step_names = frozenset(values)  # at trace time: the keys are static
 
         def write() -> tf.Tensor:  # one cond per step: other steps cost (almost) nothing
             grads, variables = [], []
             with writer.as_default(step=step), tf.name_scope(""):  # tags without "while/cond/"
                 with tf.summary.record_if(log_due):
-                    for tag, value in values.items():
-                        tf.summary.scalar(tag, value)
+                    for name, value in values.items():
+                        tf.summary.scalar(f"{name}/step", value)
                     for name, update in updates.items():
                         g, v = update.logged_gradients()
                         grads += g
                         variables += v
-                        prefix = f"optimizer/{name}/" if several else "optimizer/"
                         if several:
-                            tf.summary.scalar(f"{prefix}gradient_norm", tf.linalg.global_norm(g))
+                            tag = _optimizer_tag("gradient_norm", name, several)
+                            tf.summary.scalar(tag, tf.linalg.global_norm(g))
                         if update.loss_scaled:
-                            scale = update.optimizer.dynamic_scale
-                            tf.summary.scalar(f"{prefix}loss_scale", tf.cast(scale, tf.float32))
+                            scale = tf.cast(update.optimizer.dynamic_scale, tf.float32)
+                            tf.summary.scalar(_optimizer_tag("loss_scale", name, several), scale)
             self._gradients(step, grads, variables)
             return tf.constant(True)
 
@@ -142,13 +161,34 @@ class BoardHook:
         step: int,
         train: Mapping[str, float],
         validation: Mapping[str, float] | None,
-        extra: Mapping[str, float],
+        *,
+        learning_rates: Mapping[str, float],
+        steps_per_second: float,
     ) -> None:
-        """Write the epoch's values eagerly and flush."""
-        values = {("epoch_loss" if k == "loss" else k): v for k, v in train.items()}
-        self.writers.scalars("train", {**values, **extra}, step)
+        """Write the epoch's values eagerly (tags in the module doc) and flush.
+
+        Args:
+            step: The global step the epoch ended on (the x of every value written here).
+            train: The epoch's training means and metrics by plain name (``loss``, ...), and
+                ``skipped_steps`` once a step was skipped.
+            validation: The validation values by plain name, or ``None``.
+            learning_rates: Each optimizer's learning rate, by optimizer name.
+            steps_per_second: The epoch's training speed.
+        """
+        train = dict(train)
+        skipped = train.pop(_SKIPPED, None)
+        several = len(learning_rates) > 1
+        values = {f"{name}/epoch": v for name, v in train.items()}
+        for name, rate in learning_rates.items():
+            values[_optimizer_tag("learning_rate", name, several)] = rate
+        values["optimizer/steps_per_second"] = steps_per_second
+        if skipped is not None:
+            values[f"optimizer/{_SKIPPED}"] = skipped
+        self.writers.scalars("train", values, step)
         if validation:
-            self.writers.scalars("validation", dict(validation), step)
+            per_step = {f"{n}/step": v for n, v in validation.items() if n in self._step_names}
+            epoch = {f"{name}/epoch": v for name, v in validation.items()}
+            self.writers.scalars("validation", {**epoch, **per_step}, step)
         self.writers.flush()
 
     def write_graph(self, concrete_fn: Any) -> None:
