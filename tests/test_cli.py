@@ -188,12 +188,12 @@ def test_summarize_reads_steps_last_best_and_warns(tmp_path):
     [
         ("loss", "min"),
         ("epoch_loss", "min"),
-        ("loss/step", "min"),  # the Trainer's tags
-        ("loss/epoch", "min"),
-        ("acc/step", "max"),
-        ("acc/epoch", "max"),
-        ("mean_absolute_error/epoch", "min"),
-        ("critic_loss/step", "min"),
+        ("step/loss", "min"),  # the Trainer's tags
+        ("epoch/loss", "min"),
+        ("step/acc", "max"),
+        ("epoch/acc", "max"),
+        ("epoch/mean_absolute_error", "min"),
+        ("step/critic_loss", "min"),
         ("optimizer/learning_rate", None),
         ("optimizer/steps_per_second", None),
         ("optimizer/loss_scale", None),
@@ -318,31 +318,31 @@ def test_inspect_reads_a_real_trainer_run_by_its_grouped_tags(tmp_path, capsys):
     for scalars, prefix in ((train, ""), (val, "val_")):
         steps = [3, 6, 9]  # three batches per epoch: the global step at each epoch's end
         for tag, key, pick, direction in (
-            ("loss/epoch", "loss", min, "min"),
-            ("accuracy/epoch", "accuracy", max, "max"),
+            ("epoch/loss", "loss", min, "min"),
+            ("epoch/accuracy", "accuracy", max, "max"),
         ):
             values = hist[prefix + key]
             best = pick(values)
             assert scalars[tag].steps == steps and scalars[tag].direction == direction
             assert scalars[tag].best() == (pytest.approx(best), steps[values.index(best)])
-    assert val["loss/step"].steps == [3, 6, 9] and val["loss/step"].best() is not None
+    assert val["step/loss"].steps == [3, 6, 9] and val["step/loss"].best() is not None
     for tag in ("optimizer/learning_rate", "optimizer/steps_per_second", "gradient_norm/global"):
         assert train[tag].best() is None, tag
     assert train["optimizer/learning_rate"].values == pytest.approx([0.5] * 3)
     assert cli.main(["inspect", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^  loss/epoch\s+\S+\s+\S+ \(min, step \d\)$", out, re.M)
-    assert re.search(r"^  accuracy/epoch\s+\S+\s+\S+ \(max, step \d\)$", out, re.M)
+    assert re.search(r"^  epoch/loss\s+\S+\s+\S+ \(min, step \d\)$", out, re.M)
+    assert re.search(r"^  epoch/accuracy\s+\S+\s+\S+ \(max, step \d\)$", out, re.M)
     assert re.search(r"^  optimizer/learning_rate\s+0\.5\s+-$", out, re.M)
     assert re.search(r"^  optimizer/steps_per_second\s+\S+\s+-$", out, re.M)
     table = out.split("run validation")[0].split("  gradient norm")[0].splitlines()
     rows = [line.split()[0] for line in table[2:]]
-    assert rows == [  # the groups, top-down
-        "accuracy/epoch",
-        "loss/epoch",
-        "loss/step",
+    assert rows == [  # the groups, top-down in TensorBoard's order
+        "epoch/accuracy",
+        "epoch/loss",
         "optimizer/learning_rate",
         "optimizer/steps_per_second",
+        "step/loss",
     ]
 
 

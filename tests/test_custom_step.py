@@ -180,12 +180,12 @@ def test_clipping_loss_scaling_and_gradient_logging_per_optimizer(tmp_path):
     for var in CRITIC + ["generator/hidden/kernel", "generator/out/bias"]:
         assert {f"gradient_norm/{var}", f"gradients/{var}", f"weights/{var}"} <= tags
     values = ("critic_loss", "wasserstein", "generator_loss")
-    assert {f"{name}/{every}" for name in values for every in ("step", "epoch")} <= tags
+    assert {f"{every}/{name}" for name in values for every in ("step", "epoch")} <= tags
     assert "gradient_norm/global" in tags
     for name in ("critic", "generator"):  # one learning rate per optimizer, at the epoch's end
         rate = _scalars(train, f"optimizer/{name}/learning_rate")
         assert list(rate) == [3] and rate[3] == pytest.approx(1e-2)
-    assert not {"optimizer/learning_rate", "loss/step", "loss/epoch"} & tags
+    assert not {"optimizer/learning_rate", "step/loss", "epoch/loss"} & tags
     assert sorted(e.step for e in acc.Tensors("gradients/critic/hidden/kernel")) == [0]
 
 

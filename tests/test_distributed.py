@@ -128,7 +128,7 @@ def test_mirrored_logs_the_aggregated_gradient_like_one_device(mirrored_strategy
         trainer.close()
         runs[name] = {
             tag: _scalars(tmp_path / name / "train", tag)
-            for tag in ("loss/step", "gradient_norm/global", "loss/epoch")
+            for tag in ("step/loss", "gradient_norm/global", "epoch/loss")
         }
     for tag, values in runs["one"].items():
         assert sorted(values) == sorted(runs["two"][tag]), tag
@@ -255,7 +255,7 @@ def test_multi_worker_equals_one_process_and_only_the_chief_writes(first_multi_w
     assert not [p for p in written if p.startswith(("ckpt1", "logs1"))], written
     assert {"ckpt0/checkpoint", "ckpt0/ckpt-10.index", "ckpt0/ckpt-5.index"} <= set(written)
     assert [p for p in written if p.startswith("logs0/train/events.out.tfevents")]
-    for tag in ("loss/step", "gradient_norm/global"):  # log_every=1: every step, once
+    for tag in ("step/loss", "gradient_norm/global"):  # log_every=1: every step, once
         logged = _scalars(run["tmp"] / "logs0" / "train", tag)
         expected = _scalars(run["tmp"] / "reference_logs" / "train", tag)
         assert sorted(logged) == sorted(expected) == list(range(10))

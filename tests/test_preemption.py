@@ -157,7 +157,7 @@ def test_sigint_to_a_subprocess_flushes_logs_and_keeps_the_checkpoints(tmp_path)
     assert _newest(run / "ckpt") == 8
     acc = EventAccumulator(str(logdir / "train"), size_guidance={"tensors": 0})
     acc.Reload()
-    steps = [e.step for e in acc.Tensors("loss/step")]
+    steps = [e.step for e in acc.Tensors("step/loss")]
     assert max(steps) >= 9  # the steps up to the interrupt reached the event file
 
 

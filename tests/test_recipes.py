@@ -147,7 +147,7 @@ def check_05(out: str, runs: dict) -> None:
         b = number(rf"^{who}\s+w = .* b = (\S+) ", out)
         assert abs(w0 - 2.0) < 0.01 and abs(w1 + 3.4) < 0.01 and abs(b - 4.2) < 0.01
     assert "Both recover the true parameters: yes" in out
-    assert {"loss/step", "gradient_norm/w", "gradient_norm/b"} <= tensor_tags(runs["train"])
+    assert {"step/loss", "gradient_norm/w", "gradient_norm/b"} <= tensor_tags(runs["train"])
     assert runs["train"].Tags()["graph"]
 
 
@@ -155,10 +155,10 @@ def check_06(out: str, runs: dict) -> None:
     assert re.search(r"^epoch 2/2 \| step \d+ \| loss \S+ \| acc \S+ \| val_loss", out, re.M)
     assert number(r"test acc (\S+),", out) > 0.2  # 10 classes: chance is 0.1
     train = tensor_tags(runs["train"])
-    assert {"loss/step", "loss/epoch", "acc/epoch", "optimizer/learning_rate"} <= train
+    assert {"step/loss", "epoch/loss", "epoch/acc", "optimizer/learning_rate"} <= train
     assert {"optimizer/steps_per_second", "gradient_norm/global"} <= train
     assert any(tag.startswith("gradients/") for tag in train) and runs["train"].Tags()["graph"]
-    assert {"loss/epoch", "loss/step", "acc/epoch"} <= tensor_tags(runs["validation"])
+    assert {"epoch/loss", "step/loss", "epoch/acc"} <= tensor_tags(runs["validation"])
 
 
 def _weights_line(out: str) -> None:
@@ -170,7 +170,7 @@ def check_07(out: str, runs: dict) -> None:
     assert number(r"max \|u\(x\) - sin\(pi x\)\| on \[0, 1\] = (\S+)$", out) < 0.05
     assert abs(number(r"u\(0\.5\) = (\S+) ", out) - 1) < 0.05
     train = tensor_tags(runs["train"])
-    assert {"loss/step", "pde_residual/step", "boundary/step", "gradient_norm/global"} <= train
+    assert {"step/loss", "step/pde_residual", "step/boundary", "gradient_norm/global"} <= train
     assert {"max_error_vs_exact", "solution"} <= tensor_tags(runs["eval"])
     _weights_line(out)
 
@@ -181,7 +181,7 @@ def check_08(out: str, runs: dict) -> None:
     assert after < 0.9 * before
     assert abs(number(r"input-gradient norm at interpolates: (\S+) ", out) - 1) < 0.3
     train = tensor_tags(runs["train"])
-    assert {"gradient_penalty/step", "optimizer/critic/gradient_norm"} <= train
+    assert {"step/gradient_penalty", "optimizer/critic/gradient_norm"} <= train
     assert "optimizer/generator/gradient_norm" in train
     assert {"sliced_wasserstein_distance", "samples/end"} <= tensor_tags(runs["eval"])
     _weights_line(out)
@@ -191,7 +191,7 @@ def check_09(out: str, runs: dict) -> None:
     pre = number(r"pre-adaptation loss\s+(\S+)$", out)
     post = number(r"post-adaptation loss\s+(\S+) \(1 step\)", out)
     assert post < pre
-    assert "loss_after_adaptation/step" in tensor_tags(runs["train"])
+    assert "step/loss_after_adaptation" in tensor_tags(runs["train"])
     assert "meta_test/loss_vs_adaptation_steps" in tensor_tags(runs["eval"])
     _weights_line(out)
 
@@ -199,8 +199,8 @@ def check_09(out: str, runs: dict) -> None:
 def check_10(out: str, runs: dict) -> None:
     assert re.search(r"^MirroredStrategy over 2 logical CPU devices .*: 2 replicas", out, re.M)
     assert re.search(r"^done: 1 epochs, \d+ steps in \S+ s on 2 replicas", out, re.M)
-    assert {"loss/step", "loss/epoch", "gradient_norm/global"} <= tensor_tags(runs["train"])
-    assert {"loss/step", "loss/epoch"} <= tensor_tags(runs["validation"])
+    assert {"step/loss", "epoch/loss", "gradient_norm/global"} <= tensor_tags(runs["train"])
+    assert {"step/loss", "epoch/loss"} <= tensor_tags(runs["validation"])
 
 
 def check_11(out: str, runs: dict) -> None:

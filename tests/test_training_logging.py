@@ -62,31 +62,31 @@ def test_fit_writes_scalars_norms_histograms_and_the_step_graph(tmp_path):
     tags = set(train.Tags()["tensors"])
     names = ["net/hidden/kernel", "net/hidden/bias", "net/out/kernel", "net/out/bias"]
     assert {
-        "loss/step",
-        "bias/step",
-        "loss/epoch",
-        "mean_absolute_error/epoch",
+        "step/loss",
+        "step/bias",
+        "epoch/loss",
+        "epoch/mean_absolute_error",
         "optimizer/learning_rate",
         "optimizer/steps_per_second",
         "gradient_norm/global",
     } <= tags
     for name in names:  # one unique tag per variable
         assert {f"gradient_norm/{name}", f"gradients/{name}", f"weights/{name}"} <= tags
-    assert sorted(_values(train, "loss/step")) == list(range(12))  # every step (log_every=1)
+    assert sorted(_values(train, "step/loss")) == list(range(12))  # every step (log_every=1)
     assert sorted(e.step for e in train.Tensors(f"gradients/{names[0]}")) == [0, 4, 8]
-    epoch_loss = _values(train, "loss/epoch")
+    epoch_loss = _values(train, "epoch/loss")
     np.testing.assert_allclose([epoch_loss[6], epoch_loss[12]], hist["loss"], rtol=1e-6)
-    mae = _values(train, "mean_absolute_error/epoch")
+    mae = _values(train, "epoch/mean_absolute_error")
     np.testing.assert_allclose([mae[6], mae[12]], hist["mean_absolute_error"], rtol=1e-6)
     np.testing.assert_allclose(list(_values(train, "optimizer/learning_rate").values()), [1e-3] * 2)
     assert set(val.Tags()["tensors"]) == {
-        "loss/epoch",
-        "loss/step",
-        "bias/epoch",
-        "bias/step",
-        "mean_absolute_error/epoch",
+        "epoch/loss",
+        "step/loss",
+        "epoch/bias",
+        "step/bias",
+        "epoch/mean_absolute_error",
     }
-    val_loss = _values(val, "loss/epoch")
+    val_loss = _values(val, "epoch/loss")
     np.testing.assert_allclose([val_loss[6], val_loss[12]], hist["val_loss"], rtol=1e-6)
     # The global norm logged at step 0 is the norm of the first batch's gradient.
     model = _build()
@@ -112,28 +112,28 @@ def test_tags_are_grouped_and_validation_shares_the_charts_and_steps(tmp_path):
     train, val = _events(tmp_path / "train"), _events(tmp_path / "validation")
     variables = ["net/hidden/kernel", "net/hidden/bias", "net/out/kernel", "net/out/bias"]
     assert set(train.Tags()["tensors"]) == {
-        "loss/step",
-        "loss/epoch",
-        "mean_absolute_error/epoch",
+        "step/loss",
+        "epoch/loss",
+        "epoch/mean_absolute_error",
         "optimizer/learning_rate",
         "optimizer/steps_per_second",
         "gradient_norm/global",
         *(f"gradient_norm/{name}" for name in variables),
     }
-    assert set(val.Tags()["tensors"]) == {"loss/step", "loss/epoch", "mean_absolute_error/epoch"}
+    assert set(val.Tags()["tensors"]) == {"step/loss", "epoch/loss", "epoch/mean_absolute_error"}
     # Per epoch: train and validation at the same steps (the global step at each epoch's end).
-    train_epoch, val_epoch = _values(train, "loss/epoch"), _values(val, "loss/epoch")
+    train_epoch, val_epoch = _values(train, "epoch/loss"), _values(val, "epoch/loss")
     assert sorted(train_epoch) == sorted(val_epoch) == [6, 12]
     np.testing.assert_allclose([train_epoch[6], train_epoch[12]], hist["loss"], rtol=1e-6)
     np.testing.assert_allclose([val_epoch[6], val_epoch[12]], hist["val_loss"], rtol=1e-6)
-    val_mae = _values(val, "mean_absolute_error/epoch")
+    val_mae = _values(val, "epoch/mean_absolute_error")
     np.testing.assert_allclose([val_mae[6], val_mae[12]], hist["val_mean_absolute_error"])
     # The last validation loss, recomputed from the final weights outside the Trainer.
     final = float(np.mean((trainer.model(xv, training=False).numpy() - yv) ** 2))
     np.testing.assert_allclose(val_epoch[12], final, rtol=1e-5)
     # Per step: train every log_every steps, validation as one point per epoch end.
-    assert sorted(_values(train, "loss/step")) == [0, 2, 4, 6, 8, 10]
-    assert _values(val, "loss/step") == val_epoch
+    assert sorted(_values(train, "step/loss")) == [0, 2, 4, 6, 8, 10]
+    assert _values(val, "step/loss") == val_epoch
     # History, callbacks' logs and the console keep the plain names.
     assert set(hist.history) == {
         "loss",
@@ -167,7 +167,7 @@ def test_log_every_and_histograms_off(tmp_path):
     trainer.fit(_data(), epochs=2, batch_size=8, verbose=0)
     trainer.close()
     train = _events(tmp_path / "train")
-    assert sorted(_values(train, "loss/step")) == [0, 5, 10]
+    assert sorted(_values(train, "step/loss")) == [0, 5, 10]
     assert sorted(e.step for e in train.Tensors("gradient_norm/global")) == [0, 5, 10]
     assert not any(t.startswith(("gradients/", "weights/")) for t in train.Tags()["tensors"])
 
@@ -178,7 +178,7 @@ def test_events_survive_a_failing_fit(tmp_path):
     trainer = tapekit.Trainer(_build, mse, logdir=tmp_path, log_every=1)
     with pytest.raises(tapekit.NonFiniteError, match="at step 2 "):
         trainer.fit((x, y), batch_size=8, shuffle=False, verbose=0)
-    losses = _values(_events(tmp_path / "train"), "loss/step")  # fit closed the writers
+    losses = _values(_events(tmp_path / "train"), "step/loss")  # fit closed the writers
     # Every completed step is on disk; the failing step stopped before its update and its
     # logging (the error names it), so nothing non-finite was written.
     assert sorted(losses) == [0, 1] and np.isfinite(list(losses.values())).all()

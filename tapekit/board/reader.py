@@ -4,7 +4,7 @@ A *run* is a directory that directly holds ``events.out.tfevents.*`` files, as T
 them. For each run the event files are read with TensorBoard's own ``EventAccumulator``; every
 scalar (TF2 ``tf.summary.scalar`` data is stored as tensors) is summarised by its step range, last
 and, for training curves (a loss or a metric, by tag), the best value: the Trainer's grouped tags
-(``loss/step``, ``loss/epoch``, ``acc/epoch``) as well as bare ones (``loss``, ``epoch_loss``,
+(``step/loss``, ``epoch/loss``, ``epoch/acc``) as well as bare ones (``loss``, ``epoch_loss``,
 ``val_acc``: users' own logs, older runs). A function plotted over x (``tanh/f``,
 ``cut_at_y0/df_dx``) has no "best", nor has anything under ``optimizer/`` (learning rate,
 steps/s, loss scale), ``curvature/``, ``update_ratio/`` or ``gradient_noise/``. Scalars tagged
@@ -29,7 +29,7 @@ _GRAD_PREFIX = "gradient_norm/"
 # Groups of diagnostics, never training curves (``optimizer/loss_scale`` names no loss).
 _NOT_CURVES = (_GRAD_PREFIX, "optimizer/", "curvature/", "update_ratio/", "gradient_noise/")
 # A training curve names a loss or a metric in a component of its tag (``loss``, ``val_acc``,
-# ``loss/epoch``, ``acc/step``, ``max_error_vs_exact``); only those have a best value.
+# ``epoch/loss``, ``step/acc``, ``max_error_vs_exact``); only those have a best value.
 _METRIC = (
     r"loss|acc|accuracy|auc|precision|recall|f1|error|err|mae|mse|rmse|score|reward|iou|r2"
     r"|perplexity|ppl|distance|nll|likelihood"
@@ -56,7 +56,7 @@ class ScalarSeries:
     @property
     def direction(self) -> str | None:
         """``"max"`` or ``"min"``: which value is best for a training curve (a tag naming a loss
-        or a metric, e.g. ``loss/epoch``, ``acc/step``, ``val_acc``); ``None`` for anything
+        or a metric, e.g. ``epoch/loss``, ``step/acc``, ``val_acc``); ``None`` for anything
         else (``optimizer/...`` such as the learning rate, gradient norms, a function plotted
         over x)."""
         if self.tag.startswith(_NOT_CURVES) or not _TRAINING_CURVE.search(self.tag):

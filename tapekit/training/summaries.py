@@ -1,25 +1,26 @@
 """TensorBoard logging of a Trainer run, through ``tapekit.board`` (the interface in BOARD_API).
 
-TensorBoard groups charts by the tag's prefix before the first ``/`` and draws every run's
-values of one tag in one chart, so the tags read top-down: one group per loss, extra or metric
-(``loss/step``, ``loss/epoch``, ``<name>/step``, ``<name>/epoch``, with train and validation
-overlaid), then ``optimizer``, then ``gradient_norm``. Under ``<logdir>/train``:
+TensorBoard groups charts by the tag's prefix before the first ``/``, sorts the groups by name
+and opens the first two, and draws every run's values of one tag in one chart. So the tags
+read top-down: ``epoch`` first (``epoch/loss``, ``epoch/<metric>``: train and validation
+overlaid), then ``gradient_norm``, ``optimizer`` and ``step`` (``step/loss``, ``step/<name>``,
+the noisier per-step curves). Under ``<logdir>/train``:
 
-* every ``log_every`` steps, from inside the compiled step: ``loss/step`` and ``<name>/step``
+* every ``log_every`` steps, from inside the compiled step: ``step/loss`` and ``step/<name>``
   for the extras of ``loss_fn`` (or the scalars a custom step returns); ``gradient_norm/global``
   and ``gradient_norm/<variable>`` (:class:`tapekit.board.GradientLogger`, over the gradients
   each optimizer applied last in the step); with several optimizers also
   ``optimizer/<name>/gradient_norm``; under float16 loss scaling ``optimizer/loss_scale``
   (``optimizer/<name>/loss_scale`` with several); every ``histogram_every`` steps the
   histograms ``gradients/<variable>`` and ``weights/<variable>``;
-* at each epoch end: ``loss/epoch`` (the epoch average) and ``<name>/epoch`` for every extra
+* at each epoch end: ``epoch/loss`` (the epoch average) and ``epoch/<name>`` for every extra
   and metric; ``optimizer/learning_rate`` (``optimizer/<name>/learning_rate`` with several
   optimizers), ``optimizer/steps_per_second`` and, once a step was skipped,
   ``optimizer/skipped_steps`` (the count so far);
 * the graph of the compiled train step (forward, backward and update), once.
 
-Under ``<logdir>/validation``, at each epoch end: ``<name>/epoch`` for the loss, extras and
-metrics, and ``<name>/step`` for the loss and extras (the values train logs per step), so the
+Under ``<logdir>/validation``, at each epoch end: ``epoch/<name>`` for the loss, extras and
+metrics, and ``step/<name>`` for the loss and extras (the values train logs per step), so the
 per-step chart shows validation as one point per epoch end. Epoch values are written at the
 global step the epoch ended on, so per-step and per-epoch charts share their x axis. History
 keys, callbacks' ``logs`` and the console line keep their plain names (``loss``, ``val_loss``,
@@ -139,7 +140,7 @@ class BoardHook:
             with writer.as_default(step=step), tf.name_scope(""):  # tags without "while/cond/"
                 with tf.summary.record_if(log_due):
                     for name, value in values.items():
-                        tf.summary.scalar(f"{name}/step", value)
+                        tf.summary.scalar(f"step/{name}", value)
                     for name, update in updates.items():
                         g, v = update.logged_gradients()
                         grads += g
@@ -178,7 +179,7 @@ class BoardHook:
         train = dict(train)
         skipped = train.pop(_SKIPPED, None)
         several = len(learning_rates) > 1
-        values = {f"{name}/epoch": v for name, v in train.items()}
+        values = {f"epoch/{name}": v for name, v in train.items()}
         for name, rate in learning_rates.items():
             values[_optimizer_tag("learning_rate", name, several)] = rate
         values["optimizer/steps_per_second"] = steps_per_second
@@ -186,8 +187,8 @@ class BoardHook:
             values[f"optimizer/{_SKIPPED}"] = skipped
         self.writers.scalars("train", values, step)
         if validation:
-            per_step = {f"{n}/step": v for n, v in validation.items() if n in self._step_names}
-            epoch = {f"{name}/epoch": v for name, v in validation.items()}
+            per_step = {f"step/{n}": v for n, v in validation.items() if n in self._step_names}
+            epoch = {f"epoch/{name}": v for name, v in validation.items()}
             self.writers.scalars("validation", {**epoch, **per_step}, step)
         self.writers.flush()
 
