@@ -2,15 +2,25 @@
 
 TensorFlow's logical devices must be configured before it initialises, so this runs first:
 the one physical CPU is split into two logical CPUs, giving MirroredStrategy two replicas.
+
+A shell without job control starts a background command (``cmd &``) with SIGINT ignored, and
+every process it starts inherits that, so Ctrl+C tests would see SIG_IGN instead of Python's
+handler and a real `tapekit board` child would ignore the Ctrl+C it is sent. The test process
+takes Python's default handler back (children then start with the default disposition).
 """
 
 from __future__ import annotations
 
 import tapekit.quiet  # noqa: F401 - first: TensorFlow's C++ start-up lines stay hidden (xdist too)
 
+import signal
+
 import numpy as np
 import pytest
 import tensorflow as tf
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background: see above
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _cpus = tf.config.list_physical_devices("CPU")
 try:
