@@ -528,3 +528,21 @@ def test_regularization_losses_are_added_like_keras_fit(model_losses):
     theirs = oracle.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     _close(trainer.get_weights(), oracle.get_weights(), 1e-6)
     np.testing.assert_allclose(history["loss"], theirs.history["loss"], rtol=1e-5)
+
+
+def test_a_float64_gradient_whose_square_overflows_float32_is_still_finite():
+    w = tf.Variable([1.0, -1.0], dtype=tf.float64, name="w")
+    unused = tf.Variable([0.0], dtype=tf.float64, name="unused")
+
+    def loss_fn(model, batch):  # gradient 1e25 per element: |g|^2 = 2e50 (float32 max ~3e38)
+        return 1e25 * tf.reduce_sum(w) + 0.0 * tf.reduce_sum(tf.cast(batch, tf.float64))
+
+    trainer = tapekit.Trainer(
+        [w, unused],
+        loss_fn,
+        optimizer=keras.optimizers.SGD(1e-26),
+        allow_unused=True,
+        logdir=False,
+    )
+    trainer.fit(np.zeros((4, 1), "float32"), batch_size=4, epochs=1, verbose=0)
+    np.testing.assert_allclose(w.numpy(), [1.0 - 0.1, -1.0 - 0.1], rtol=1e-6)

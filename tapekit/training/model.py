@@ -111,7 +111,7 @@ def trainable_variables(model: Any) -> list[Any]:
 
 
 def variable_names(model: Any, variables: list[Any]) -> list[str]:
-    """Readable, unique names: Keras ``variable.path``, the key path in a nest, else ``name``.
+    """Readable, unique names: Keras ``variable.path``, the key path in a dict, else ``name``.
 
     Example:
         >>> variable_names({"w": tf.Variable(1.0)}, [])
@@ -120,7 +120,9 @@ def variable_names(model: Any, variables: list[Any]) -> list[str]:
     by_id: dict[int, str] = {}
     if _is_nest(model):
         for path, leaf in zip(leaf_paths(model), tf.nest.flatten(model)):
-            by_id[id(leaf)] = path.strip("[]'\"") or "variable"
+            key = path.strip("[]'\"") or "variable"
+            if not key.isdigit():  # a list position says less than the variable's own name
+                by_id[id(leaf)] = key
     names, used = [], set()
     for v in variables:
         name = getattr(v, "path", None) or by_id.get(id(v)) or v.name.split(":")[0]

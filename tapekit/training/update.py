@@ -206,7 +206,8 @@ class OptimizerUpdate:
             finite, scale = tf.constant(True), self.optimizer.dynamic_scale
         elif grads:  # what tf.linalg.global_norm computes, keeping the per-variable parts
             dense = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
-            halves = tf.stack([tf.cast(tf.nn.l2_loss(g), tf.float32) for g in dense])
+            wide = tf.float64 if any(g.dtype == tf.float64 for g in dense) else tf.float32
+            halves = tf.stack([tf.cast(tf.nn.l2_loss(g), wide) for g in dense])
             norm = tf.sqrt(2.0 * tf.reduce_sum(halves))
             finite = tf.math.is_finite(norm)
         else:
@@ -252,7 +253,7 @@ class OptimizerUpdate:
             return tf.cond(finite, run, lambda: tf.constant(False))
         # "raise": the update waits for the check; a failure aborts the call (see module doc).
         # Only kept variables have a norm; report one flag per variable of the optimizer.
-        flags = [tf.zeros([])] * len(self.variables)
+        flags = [tf.zeros([], halves.dtype)] * len(self.variables)
         for position, i in enumerate(keep):
             if not self.loss_scaled:
                 flags[i] = halves[position]
