@@ -76,7 +76,9 @@ class Callback:
         call (when ``steps_per_execution`` is automatic), so that it sees every step. One that
         needs only some steps says which here, and the Trainer keeps running many steps per
         call, ending a call exactly at each step asked for (as it does for
-        ``checkpoint_every``). ``tapekit.CurvatureMonitor`` does this.
+        ``checkpoint_every``). ``tapekit.CurvatureMonitor`` does this. In a multi-worker
+        cluster every worker must ask for the same steps (decide from ``step``, not from
+        being the chief).
 
         Args:
             step: The global step reached so far.
