@@ -268,11 +268,17 @@ def _passes_no_gradient(op: Any) -> bool:
     if fn is None:
         return True
     try:
-        grads = fn(op, *[tf.zeros_like(o) for o in op.outputs])
+        grads = zero_output_gradients(op, fn)
     except Exception:  # noqa: BLE001
         return False
-    grads = grads if isinstance(grads, (list, tuple)) else [grads]
     return all(g is None for g in grads)
+
+
+def zero_output_gradients(op: Any, grad_fn: Any) -> list[Any]:
+    """What ``op``'s gradient function gives each input for zero output gradients (None where
+    it defines no gradient): which inputs a gradient can flow to. Raises what it raises."""
+    grads = grad_fn(op, *[tf.zeros_like(o) for o in op.outputs])
+    return list(grads) if isinstance(grads, (list, tuple)) else [grads]
 
 
 def error(

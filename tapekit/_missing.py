@@ -235,10 +235,9 @@ def _op_verdict_of(op: Any, via: tf.Tensor) -> str:
     if grad_fn is None:
         return "stop"  # registered as not differentiable (tf.stop_gradient and the like)
     try:
-        grads = grad_fn(op, *[tf.zeros_like(o) for o in op.outputs])
+        grads = _diagnose.zero_output_gradients(op, grad_fn)
     except Exception:  # noqa: BLE001 - cannot tell: let the gradient flow on
         return "pass"
-    grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
     floats = [k for k, i in enumerate(op.inputs) if _tensors.is_float(i) and k < len(grads)]
     mine = [k for k in floats if op.inputs[k].ref() == via.ref()]
     if not mine or any(grads[k] is not None for k in mine):
@@ -261,10 +260,9 @@ def _also_through_defined_input(op: Any, starts: list[tf.Tensor]) -> bool:
     if _gradient_override(op) is None:
         return False
     try:
-        grads = _ops.get_gradient_function(op)(op, *[tf.zeros_like(o) for o in op.outputs])
+        grads = _diagnose.zero_output_gradients(op, _ops.get_gradient_function(op))
     except Exception:  # noqa: BLE001 - cannot tell: keep the cut
         return False
-    grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
     defined = [op.inputs[k] for k, g in enumerate(grads) if g is not None and k < len(op.inputs)]
     if not defined:
         return False

@@ -98,6 +98,11 @@ class Callback:
         return None
 
 
+def _overrides(cb: Any, method: str) -> bool:
+    """Whether ``cb``'s class defines ``method`` other than the base ``Callback``'s no-op."""
+    return getattr(type(cb), method, None) not in (None, getattr(Callback, method))
+
+
 class CallbackList:
     """Calls a list of callbacks in order; ``has_step_hooks`` says whether any overrides
     ``on_step_end`` (the Trainer skips the per-execution call otherwise), ``every_step``
@@ -110,17 +115,9 @@ class CallbackList:
                 cb.set_trainer(trainer)
             else:
                 cb.trainer = trainer
-        hooked = [
-            cb
-            for cb in self.callbacks
-            if getattr(type(cb), "on_step_end", None) not in (None, Callback.on_step_end)
-        ]
+        hooked = [cb for cb in self.callbacks if _overrides(cb, "on_step_end")]
         self.has_step_hooks = bool(hooked)
-        self._scheduled = [
-            cb
-            for cb in hooked
-            if getattr(type(cb), "next_step_end", None) not in (None, Callback.next_step_end)
-        ]
+        self._scheduled = [cb for cb in hooked if _overrides(cb, "next_step_end")]
         self.every_step = len(self._scheduled) < len(hooked)
 
     def next_step_end(self, step: int) -> int | None:
