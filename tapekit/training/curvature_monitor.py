@@ -151,7 +151,6 @@ class CurvatureMonitor(Callback):
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._ready_for: Any = None
         self._last: int | None = None
-        self._previous: int | None = None
         self._before: tuple[int, list[np.ndarray]] | None = None
         self._vectors: Any = None
         self._flow: list[np.ndarray] = []
@@ -212,7 +211,7 @@ class CurvatureMonitor(Callback):
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         self._setup()
-        step = self._previous = self.trainer.global_step
+        step = self.trainer.global_step
         if step % self.every == 0 and self._last != step:  # curves on one grid of steps
             self._measure(step)
 
@@ -220,12 +219,10 @@ class CurvatureMonitor(Callback):
         if not self._chief:
             return
         last = self._last if self._last is not None else step
-        spacing = max(step - self._previous, 1) if self._previous is not None else 1
-        self._previous = step
         if step // self.every > last // self.every:
             self._update_ratios(step)
             self._measure(step)
-        if (step + spacing) // self.every > step // self.every:  # the next call measures
+        if (step + 1) % self.every == 0:  # a call ends here (next_step_end): the next measures
             self._before = (step, self._snapshot())
 
     def next_step_end(self, step: int) -> int | None:
@@ -255,8 +252,8 @@ class CurvatureMonitor(Callback):
         if self._before is None or self._before[0] >= step:
             return
         before_step, before = self._before
-        span = step - before_step  # 1, unless a step callback of its own wants every step
-        ratios = self._update_ratio_fn(before)  # with steps_per_execution > 1: per-step mean
+        span = step - before_step  # 1: a call ends at the step before each measurement
+        ratios = self._update_ratio_fn(before)
         values = {f"update_ratio/{name}": float(r) / span for name, r in zip(self._names, ratios)}
         self._record(step, values)
         self._before = None
