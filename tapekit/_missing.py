@@ -248,14 +248,14 @@ def _op_verdict_of(op: Any, via: tf.Tensor) -> str:
 
 
 def _also_through_defined_input(op: Any, starts: list[tf.Tensor]) -> bool:
-    """Whether ``op`` has a user-chosen gradient (``tf.custom_gradient``) and the sources
-    also reach an input it defines a gradient for.
+    """Whether ``op`` has a user-chosen gradient (``tf.custom_gradient``) and every path from
+    the sources to its inputs without a gradient runs through an input it has a gradient for.
 
     ``tf.custom_gradient`` ends in an ``IdentityN`` over the function's results, inputs and
     variables whose gradient is None for the results by design: the user's gradient (for the
-    inputs) replaces the path through the results. A source that reaches the function only
-    through its results (a tensor the function captures instead of taking it as an argument)
-    gets no gradient from it, and stays a cut.
+    inputs) replaces the paths through the results that start at the inputs. A source that
+    reaches a result some other way (a tensor the function captures instead of taking it as an
+    argument) gets no gradient along that way, and stays a cut.
     """
     if _gradient_override(op) is None:
         return False
@@ -263,11 +263,22 @@ def _also_through_defined_input(op: Any, starts: list[tf.Tensor]) -> bool:
         grads = _diagnose.zero_output_gradients(op, _ops.get_gradient_function(op))
     except Exception:  # noqa: BLE001 - cannot tell: keep the cut
         return False
-    defined = [op.inputs[k] for k, g in enumerate(grads) if g is not None and k < len(op.inputs)]
+    inputs = list(op.inputs)
+    defined = {t.ref() for t, g in zip(inputs, grads) if g is not None}
     if not defined:
         return False
-    above = _ancestors(defined)
-    return any(t.op in above for t in starts)
+    sources = {t.ref() for t in starts}
+    stack = [t for t, g in zip(inputs, grads) if g is None and _tensors.is_float(t)]
+    seen: set = set()
+    while stack:  # walk back from the gradient-less inputs, never past an input with one
+        t = stack.pop()
+        if t.ref() in defined or t.ref() in seen:
+            continue
+        if t.ref() in sources:
+            return False  # a path around the function's inputs: a real cut
+        seen.add(t.ref())
+        stack.extend(t.op.inputs)
+    return True
 
 
 def _gradient_override(op: Any) -> str | None:

@@ -536,3 +536,15 @@ def test_the_cut_check_takes_a_custom_gradient_whichever_input_it_walks_through_
         assert _missing._op_verdict(identity, result) == "cut"  # None for results by design
         assert _missing._also_through_defined_input(identity, [x])  # x reaches the argument
         assert not _missing._also_through_defined_input(identity, [captured])  # a real cut
+
+
+def test_a_custom_gradient_over_an_argument_that_also_captures_the_source_is_a_cut():
+    def f(x):
+        @tf.custom_gradient
+        def scaled(y):  # reads x from the closure too: its gradient covers y only
+            return y * x, lambda up: up * x
+
+        return tf.reduce_sum(scaled(2.0 * x))
+
+    with pytest.raises(tk.DisconnectedGradientError, match="IdentityN"):
+        tk.grad(f)(tf.constant([1.0, 2.0]))
