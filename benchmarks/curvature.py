@@ -36,7 +36,7 @@ import tensorflow as tf  # noqa: E402
 from training import BATCH, STEPS, loss_fn, make_data, make_model  # noqa: E402
 
 import tapekit  # noqa: E402
-from tapekit import curvature  # noqa: E402
+from tapekit import _lanczos, curvature  # noqa: E402
 
 
 def _alternate(runs: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
@@ -127,22 +127,58 @@ def _trainer(ds: tf.data.Dataset, callbacks: list | None = None, **kw) -> Callab
     return lambda epochs: trainer.fit(ds, epochs=trainer.epoch + epochs, verbose=0)
 
 
+class _Counted:
+    """Counts the Hessian-vector products of the monitor's Lanczos runs (the benchmark only)."""
+
+    def __init__(self) -> None:
+        self.products = 0
+        self._call = _lanczos.HessianOperator.__call__
+
+    def __enter__(self) -> _Counted:
+        counted, call = self, self._call
+
+        def counting(op, v):  # noqa: ANN001, ANN202
+            counted.products += 1
+            return call(op, v)
+
+        _lanczos.HessianOperator.__call__ = counting
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _lanczos.HessianOperator.__call__ = self._call
+
+
+def _hvp_ms(batch: object) -> float:
+    """The median time of one hvp of the benchmark model's loss on ``batch`` (ms)."""
+    fn, primals = curvature.model_loss(make_model(), loss_fn, batch)
+    tangents = ([tf.ones_like(v) for v in primals[0]],)
+    [t.numpy() for t in tapekit.hvp(fn, primals, tangents)[0]]
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        [t.numpy() for t in tapekit.hvp(fn, primals, tangents)[0]]
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
 def training_overheads(ds: tf.data.Dataset, rounds: int, epochs: int) -> None:
     batch = next(iter(ds))
     logdir = tempfile.mkdtemp(prefix="tapekit-bench-curv-")
+    monitor = tapekit.CurvatureMonitor(batch, every=100, k=1)
     configs = {
         "Trainer (default, up to 64 steps/call)": lambda: _trainer(ds),
         "Trainer steps_per_execution=1": lambda: _trainer(ds, steps_per_execution=1),
-        "Trainer + CurvatureMonitor(every=100, k=1)": lambda: _trainer(
-            ds, [tapekit.CurvatureMonitor(batch, every=100, k=1)]
-        ),
+        "Trainer + CurvatureMonitor(every=100, k=1)": lambda: _trainer(ds, [monitor]),
         "Trainer + logging (log_every=10, hist 100)": lambda: _trainer(ds, logdir=logdir),
     }
     runners = {}
     for name, make in configs.items():
         runners[name] = make()
         runners[name](1)  # warm-up: tracing
-    times = _alternate({n: (lambda r=r: r(epochs)) for n, r in runners.items()}, rounds)
+    measured = len(monitor.history["curvature/top_eigenvalue"])
+    with _Counted() as counted:
+        times = _alternate({n: (lambda r=r: r(epochs)) for n, r in runners.items()}, rounds)
+    measured = len(monitor.history["curvature/top_eigenvalue"]) - measured
     base = times["Trainer (default, up to 64 steps/call)"]
     steps = epochs * STEPS
     print(
@@ -154,11 +190,19 @@ def training_overheads(ds: tf.data.Dataset, rounds: int, epochs: int) -> None:
         print(_line(name, t, base, 1e3 / steps, "x default"))
     med = {n: statistics.median(t) for n, t in times.items()}
     b = med["Trainer (default, up to 64 steps/call)"]
-    monitor = med["Trainer + CurvatureMonitor(every=100, k=1)"] / b - 1
+    overhead = med["Trainer + CurvatureMonitor(every=100, k=1)"] / b - 1
     one_step = med["Trainer steps_per_execution=1"] / b - 1
     logging = med["Trainer + logging (log_every=10, hist 100)"] / b - 1
     print(
-        f"CurvatureMonitor overhead: {monitor:+.1%} (target <= 10%); 1 step/call: {one_step:+.1%}"
+        f"CurvatureMonitor overhead: {overhead:+.1%} (target <= 10%); 1 step/call: {one_step:+.1%}"
+    )
+    per = counted.products / max(measured, 1)
+    hvp = _hvp_ms(batch)
+    step_ms = b / steps * 1e3
+    print(
+        f"  {measured} measurements, {per:.1f} Hessian-vector products each (Lanczos, tol 1e-2, "
+        f"warm-started); one hvp {hvp:.2f} ms = {hvp / step_ms:.2f} training steps: the hvps "
+        f"alone cost {per * hvp / (100 * step_ms):+.1%}"
     )
     print(f"default logging overhead: {logging:+.1%} (issue target <= 3%)")
 

@@ -53,8 +53,13 @@ def _scalars(path: Path, tag: str) -> dict[int, float]:
 
 @pytest.mark.parametrize(
     "kw",
-    [{"steps_per_execution": 1}, {"steps_per_execution": 3, "accumulate_steps": 2}, {}],
-    ids=["one-step-calls", "3-steps-per-call-accumulate-2", "auto"],
+    [
+        {"steps_per_execution": 1},
+        {"steps_per_execution": 3, "accumulate_steps": 2},
+        {},
+        {"on_nonfinite": None},
+    ],
+    ids=["one-step-calls", "3-steps-per-call-accumulate-2", "auto", "unchecked"],
 )
 def test_mirrored_equals_one_device_weights_loss_and_metrics(kw, mirrored_strategy):
     val = child.data(24)
@@ -87,6 +92,11 @@ def test_clipping_under_a_strategy_clips_the_aggregated_gradient(mirrored_strate
     for kw, expected, per_replica in (
         (
             {"clip_norm": 1.0},
+            g / np.linalg.norm(g),
+            sum(h * min(1.0, 1.0 / np.linalg.norm(h)) for h in halves),
+        ),
+        (
+            {"clip_norm": 1.0, "on_nonfinite": None},  # unchecked: the norm is still global
             g / np.linalg.norm(g),
             sum(h * min(1.0, 1.0 / np.linalg.norm(h)) for h in halves),
         ),

@@ -308,6 +308,20 @@ def test_nonfinite_steps_can_be_skipped():
         np.testing.assert_array_equal(got, want)
 
 
+def test_the_check_can_be_turned_off():
+    # on_nonfinite=None changes no arithmetic: the same weights as the checked default, with
+    # and without clipping (which still needs the global norm) ...
+    for kw in ({}, {"clip_norm": 0.5}):
+        checked = _train(epochs=1, steps_per_execution=4, **kw)
+        unchecked = _train(epochs=1, steps_per_execution=4, on_nonfinite=None, **kw)
+        for got, want in zip(unchecked.get_weights(), checked.get_weights(), strict=True):
+            np.testing.assert_array_equal(got, want)
+    # ... and a NaN batch goes through unnoticed, as in keras.Model.fit: what the option means.
+    trainer = _train(_nan_data(), epochs=1, on_nonfinite=None)
+    assert trainer.global_step == 4 and trainer.skipped_steps == 0
+    assert not all(np.isfinite(w).all() for w in trainer.get_weights())
+
+
 def test_unused_variables_are_named_at_the_first_step():
     params = {"used": tf.Variable(1.0), "unused": tf.Variable(2.0)}
     loss = lambda p, b: tf.reduce_mean((p["used"] * b - 3.0) ** 2)  # noqa: E731

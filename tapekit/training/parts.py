@@ -112,7 +112,7 @@ def check_options(
     log_every: int,
     checkpoint_every: int | None,
     steps_per_execution: int | None,
-    on_nonfinite: str,
+    on_nonfinite: str | None,
 ) -> None:
     """Check the Trainer's numeric options and ``on_nonfinite``.
 
@@ -129,8 +129,11 @@ def check_options(
         check_positive(value, arg)
     check_positive(checkpoint_every, "checkpoint_every", allow_none=True)
     check_positive(steps_per_execution, "steps_per_execution", allow_none=True)
-    if on_nonfinite not in ("raise", "skip"):
-        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
+    if on_nonfinite not in ("raise", "skip", None):
+        raise ValueError(
+            f"on_nonfinite must be 'raise', 'skip' or None (no check), but received "
+            f"{on_nonfinite!r}."
+        )
 
 
 def assemble(
@@ -151,7 +154,7 @@ def assemble(
     jit_compile: bool,
     seed: int | None,
     strategy: tf.distribute.Strategy,
-    on_nonfinite: str,
+    on_nonfinite: str | None,
     allow_unused: bool,
 ) -> Parts:
     """Build the parts of a Trainer (arguments as documented on :class:`tapekit.Trainer`).

@@ -81,7 +81,10 @@ class Trainer(StateView):
         logdir: TensorBoard run directory; None: ``logs/<name>-<time>``; False: no logging.
         log_every: Steps between per-step scalars (loss, gradient norms).
         histogram_every: Steps between gradient and weight histograms (0: none).
-        on_nonfinite: "raise" (:class:`tapekit.NonFiniteError`) or "skip" such steps.
+        on_nonfinite: "raise" (:class:`tapekit.NonFiniteError`) or "skip" such steps; None
+            applies every update unchecked, as ``keras.Model.fit`` does (a few percent faster
+            for small models, where the check keeps an update from overlapping the
+            backward pass; a NaN then reaches the weights silently).
         allow_unused: Allow trainable variables that get no gradient (else an error names them).
         name: Run name, used for the default logdir.
 
@@ -127,7 +130,7 @@ class Trainer(StateView):
         logdir: str | os.PathLike | None | bool = None,
         log_every: int = 10,
         histogram_every: int = 100,
-        on_nonfinite: str = "raise",
+        on_nonfinite: str | None = "raise",
         allow_unused: bool = False,
         name: str | None = None,
     ) -> None:

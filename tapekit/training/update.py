@@ -21,6 +21,8 @@ user-written step alike, goes through :class:`OptimizerUpdate`:
      :class:`tapekit.NonFiniteError` from it.
    * ``"skip"``: inside ``tf.cond(finite, apply, skip)`` (a synchronising update cannot sit
      in a ``tf.cond`` in replica context, hence the merge).
+   * ``None``: no check; the update is applied as it is (as ``keras.Model.fit`` does), and
+     its ops may start while the step's other gradients are still being computed.
    Under float16 loss scaling the ``LossScaleOptimizer`` decides itself; a replica whose local
    gradient overflowed makes every replica's gradient non-finite first, so all of them skip.
 
@@ -86,7 +88,7 @@ class OptimizerUpdate:
         step: The Trainer's step counter (read only).
         clip_norm: Clip the aggregated gradient to this global norm.
         clip_value: Clip each aggregated gradient element to ``[-clip_value, clip_value]``.
-        on_nonfinite: ``"raise"`` or ``"skip"``.
+        on_nonfinite: ``"raise"``, ``"skip"`` or ``None`` (no check).
         allow_unused: Allow variables that get no gradient.
         source: The user function's name, for messages.
     """
@@ -103,7 +105,7 @@ class OptimizerUpdate:
         step: tf.Variable,
         clip_norm: float | None,
         clip_value: float | None,
-        on_nonfinite: str,
+        on_nonfinite: str | None,
         allow_unused: bool,
         source: str,
     ) -> None:
@@ -171,6 +173,12 @@ class OptimizerUpdate:
         ctx = tf.distribute.get_replica_context()
         if self.aggregate:
             grads = ctx.all_reduce(_SUM, grads)
+        if self.on_nonfinite is None:  # unchecked: clip and apply as they come
+            grads, _, _ = self._check_and_clip(grads, check=False)
+            with tf.name_scope("update"):
+                token = ctx.merge_call(self._cross_apply_unchecked, args=(grads, tuple(keep)))
+            self.tokens.append(token)
+            return token
         loss_ok = tf.constant(True) if loss is None else tf.math.is_finite(loss)
         local_ok = self._all_finite(grads) if self.loss_scaled else None
         grads, grads_ok, halves = self._check_and_clip(grads)
@@ -198,20 +206,20 @@ class OptimizerUpdate:
             return tf.constant(True)
         return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
 
-    def _check_and_clip(self, grads: list[tf.Tensor]) -> tuple:
+    def _check_and_clip(self, grads: list[tf.Tensor], check: bool = True) -> tuple:
         """``(grads clipped, finite, half squared norms)``; the norms are empty under loss
-        scaling (the LossScaleOptimizer skips non-finite gradients itself)."""
+        scaling (the LossScaleOptimizer skips non-finite gradients itself) and, unless
+        clipping by norm needs them, without ``check``."""
         halves, norm, scale = tf.zeros([0]), None, None
+        finite = tf.constant(True)
         if self.loss_scaled:
-            finite, scale = tf.constant(True), self.optimizer.dynamic_scale
-        elif grads:  # what tf.linalg.global_norm computes, keeping the per-variable parts
+            scale = self.optimizer.dynamic_scale
+        elif grads and (check or self.clip_norm is not None):  # what tf.linalg.global_norm computes, keeping the per-variable parts
             dense = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
             wide = tf.float64 if any(g.dtype == tf.float64 for g in dense) else tf.float32
             halves = tf.stack([tf.cast(tf.nn.l2_loss(g), wide) for g in dense])
             norm = tf.sqrt(2.0 * tf.reduce_sum(halves))
             finite = tf.math.is_finite(norm)
-        else:
-            finite = tf.constant(True)
         if self.clip_norm is not None:
             limit = self.clip_norm * scale if scale is not None else self.clip_norm
             grads, _ = tf.clip_by_global_norm(grads, limit, use_norm=norm)
@@ -229,6 +237,13 @@ class OptimizerUpdate:
             self.optimizer.apply(grads, [self.variables[i] for i in keep])
 
     # -- cross-replica side (inside merge_call) ------------------------------------------------
+
+    def _cross_apply_unchecked(
+        self, strategy: tf.distribute.Strategy, grads: list[Any], keep: tuple
+    ) -> tf.Tensor:
+        self.last_grads = (grads, keep)
+        strategy.run(self._apply_local, args=(grads, keep, ()))
+        return tf.constant(True)
 
     def _cross_apply(
         self,
