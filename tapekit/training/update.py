@@ -214,7 +214,8 @@ class OptimizerUpdate:
         finite = tf.constant(True)
         if self.loss_scaled:
             scale = self.optimizer.dynamic_scale
-        elif grads and (check or self.clip_norm is not None):  # what tf.linalg.global_norm computes, keeping the per-variable parts
+        elif grads and (check or self.clip_norm is not None):
+            # what tf.linalg.global_norm computes, keeping the per-variable parts
             dense = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
             wide = tf.float64 if any(g.dtype == tf.float64 for g in dense) else tf.float32
             halves = tf.stack([tf.cast(tf.nn.l2_loss(g), wide) for g in dense])
