@@ -11,7 +11,8 @@ jobs share the CPUs, so single figures are noisy.
    (target <= 60);
 3. ``Trainer.fit`` with ``CurvatureMonitor(every=100, k=1)`` against the same fit without it
    (target <= 10% more time), and the plain Trainer at 1 step per call, which is what a step
-   callback costs by itself;
+   callback costs by itself; also the Hessian-vector products per measurement and what they
+   alone cost (the part no host-side work can remove);
 4. default logging (``log_every=10``, ``histogram_every=100``) against logging off (issue 14
    asks <= 3%; this only measures it).
 
