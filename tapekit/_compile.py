@@ -277,6 +277,8 @@ def _count_new_function(fn: Callable, transform: str) -> None:
         fn, "__wrapped__"
     ):  # vmap(grad(f)): count the user's f, not tapekit's grad_fn shared by every grad
         fn = fn.__wrapped__
+    if (getattr(fn, "__module__", None) or "").startswith("tapekit."):
+        return  # made by tapekit for one model and batch each (curvature.model_loss)
     code = getattr(getattr(fn, "__func__", fn), "__code__", None)
     if code is None:
         return

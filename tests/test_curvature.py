@@ -231,3 +231,22 @@ def test_top_eigenvalues_match_an_independent_jax_hessian(point):
     np.testing.assert_allclose(values.numpy(), exact[::-1][:2], rtol=1e-3)
     mag, _ = curvature.top_eigenvalues(mlp_loss, (params,), which="magnitude", seed=4)
     np.testing.assert_allclose(mag.numpy()[0], exact[np.argmax(np.abs(exact))], rtol=1e-3)
+
+
+def test_one_model_loss_per_batch_is_not_reported_as_retracing():
+    # Each batch needs its own model_loss (and trace): the "same code, many function objects"
+    # warning is for user lambdas made in a loop, not for the functions tapekit makes.
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    mse = lambda m, b: tf.reduce_mean((m(b[0]) - b[1]) ** 2)  # noqa: E731
+    from tapekit._compile import RETRACE_WARNING, RetracingWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RetracingWarning)
+        for i in range(RETRACE_WARNING + 2):
+            x = np.full((4, 2), float(i + 1), "float32")
+            fn, primals = curvature.model_loss(model, mse, (x, np.zeros((4, 1), "float32")))
+            (hv,) = tapekit.hvp(fn, primals, ([tf.ones_like(v) for v in primals[0]],))
+            kernel = 2.0 * (i + 1) ** 2 * 2.0  # d2/dk2 of mean((x k + b)^2): 2 x^T x / 4 rows
+            np.testing.assert_allclose(hv[0].numpy(), np.full((2, 1), kernel + 2.0 * (i + 1)))
