@@ -1,24 +1,27 @@
 """The Hessian of a scalar function as a linear operator over ``hvp``, and the Lanczos loop.
 
-The operator flattens the primals (a tuple of nests of tensors/variables) into one float64
-NumPy vector on the host; each product is one call of the compiled, cached
-:func:`tapekit.hvp` (the same function object every time, so it is traced once). The small
-tridiagonal eigenproblems are solved in NumPy float64. Used by :mod:`tapekit.curvature`.
+:func:`lanczos` runs a whole Lanczos run in one compiled call (a ``tf.while_loop`` over the
+Hessian-vector products of :func:`tapekit.hessians.hvp_products`, with full
+reorthogonalisation and the convergence test in the graph), cached per function like
+``hvp``: no host round trip per product. :class:`HessianOperator` holds the point (the primals
+flattened end to end, in ``tf.nest.flatten`` order) and gives single products on float64
+NumPy vectors (for the trace estimate). Used by :mod:`tapekit.curvature`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
+from . import _calls, _compile
 from ._tensors import variable as _variable
 from .errors import describe_received
-from .hessians import hvp
+from .hessians import hvp, hvp_products
 
-__all__ = ["HessianOperator", "lanczos", "rademacher", "tridiagonal_eigh"]
+__all__ = ["HessianOperator", "Run", "lanczos", "rademacher", "tridiagonal_eigh"]
 
 
 def _leaf(value: Any) -> Any:
@@ -45,7 +48,7 @@ class HessianOperator:
                 f"{what} needs `primals` as a tuple with one entry per argument of fn, but "
                 f"received {describe_received(primals)}. Wrap a single argument: (x,)."
             )
-        self.fn = fn
+        self.fn, self.what = fn, what
         self.primals = tuple(tf.nest.map_structure(_leaf, tuple(primals)))
         leaves = tf.nest.flatten(self.primals)
         if not leaves:
@@ -96,9 +99,10 @@ class HessianOperator:
         return flat.astype(self.store, copy=False)
 
 
-def rademacher(rng: np.random.Generator, n: int) -> np.ndarray:
-    """A vector of independent random signs (float64)."""
-    return rng.integers(0, 2, size=n).astype(np.float64) * 2.0 - 1.0
+def rademacher(rng: np.random.Generator, n: int, dtype: type = np.float64) -> np.ndarray:
+    """A vector of ``n`` independent random signs (from random bytes, 8 signs each)."""
+    bits = np.unpackbits(rng.integers(0, 256, size=(n + 7) // 8, dtype=np.uint8))[:n]
+    return bits.astype(dtype) * 2 - 1
 
 
 def tridiagonal_eigh(alpha: Sequence[float], beta: Sequence[float]) -> tuple:
@@ -122,71 +126,154 @@ def norm(w: np.ndarray) -> float:
     return float(np.sqrt(dot(w, w)))
 
 
-def _orthogonalize(w: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """``w`` minus its projection on the orthonormal rows of ``basis``: classical Gram-Schmidt,
-    repeated when it cancelled most of ``w`` (the DGKS criterion), at the basis' precision."""
-    if basis.shape[0] == 0:
-        return w
-    w = w.astype(basis.dtype, copy=False)
-    for _ in range(2):
-        before = norm(w)
-        # Row-wise dot products and einsum, not BLAS matrix-vector products: multi-threaded
-        # BLAS on a busy machine (TensorFlow's own threads included) is up to 10x slower here.
-        coefficients = np.array([dot(row, w) for row in basis], dtype=basis.dtype)
-        w = w - np.einsum("i,ij->j", coefficients, basis)
-        if norm(w) > 0.7 * before:
-            break
-    return w
+class Run(NamedTuple):
+    """One Lanczos run: the tridiagonal coefficients and the wanted Ritz pair.
+
+    ``alpha`` (length m) and ``beta`` (length m, the last one the residual scale, 0 after a
+    breakdown) define T; ``value``/``vector`` are T's wanted Ritz pair (``vector`` a unit
+    float64 vector of the operator's size) and ``residual`` is ``|H y - θ y|`` for it.
+    """
+
+    alpha: np.ndarray
+    beta: np.ndarray
+    value: float
+    vector: np.ndarray
+    residual: float
 
 
 def lanczos(
-    op: Callable[[np.ndarray], np.ndarray],
+    op: HessianOperator,
     start: np.ndarray,
     steps: int,
     *,
     locked: np.ndarray | None = None,
-    store: type = np.float64,
-    converged: Callable[[np.ndarray, np.ndarray, float], bool] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Lanczos with full reorthogonalisation, optionally in the complement of ``locked``.
+    tol: float = 0.0,
+    which: str = "algebraic",
+    capacity: int = 0,
+) -> Run:
+    """Lanczos with full reorthogonalisation over ``op``'s Hessian, in the complement of
+    ``locked``, all in one compiled call (see :func:`_lanczos_core`).
 
     Args:
-        op: The symmetric operator on flat vectors.
+        op: The Hessian operator (its function, point, sizes and storage dtype).
         start: The starting vector (need not be normalised).
-        steps: At most this many iterations (products of ``op``).
+        steps: At most this many iterations (Hessian-vector products).
         locked: Orthonormal rows the Krylov space is kept orthogonal to (deflation).
-        store: The dtype the Lanczos basis is stored in.
-        converged: ``converged(ritz_values, ritz_vectors_of_T, beta)`` says when to stop.
+        tol: Stop once the wanted Ritz pair's residual is at most ``tol · |θ|``; 0 runs all
+            ``steps`` (unless the Krylov space is exhausted).
+        which: The wanted Ritz value: ``"algebraic"`` (largest) or ``"magnitude"``.
+        capacity: Rows ``locked`` is padded to with zeros (harmless to orthogonalise against),
+            so all runs of one ``top_eigenvalues`` call share one trace.
 
     Returns:
-        ``(alpha, beta, basis, last_beta)``: the tridiagonal coefficients, the ``(m, n)``
-        Lanczos basis and the last off-diagonal (the residual scale).
+        A :class:`Run`.
     """
-    n = start.shape[0]
-    locked = np.zeros((0, n), store) if locked is None else locked
-    steps = max(1, min(steps, n - locked.shape[0]))
-    basis = np.empty((steps, n), store)
-    alpha: list[float] = []
-    beta: list[float] = []
-    q = _orthogonalize(np.asarray(start, store), locked)
-    q = q / norm(q)
-    b = 0.0
-    for j in range(steps):
-        basis[j] = q
-        w = op(q).astype(store, copy=False)
-        a = dot(q, w)
-        w = _orthogonalize(w, locked)
-        w = _orthogonalize(w, basis[: j + 1])
-        b = norm(w)
-        alpha.append(a)
-        scale = max(abs(x) for x in alpha) + (max(beta) if beta else 0.0)
-        breakdown = b <= 1e-10 * max(scale, np.finfo(np.float64).tiny)
-        if breakdown or j + 1 == steps:
-            return np.array(alpha), np.array(beta + [b]), basis[: j + 1], 0.0 if breakdown else b
-        if converged is not None:
-            values, vectors = tridiagonal_eigh(alpha, beta)
-            if converged(values, vectors, b):
-                return np.array(alpha), np.array(beta + [b]), basis[: j + 1], b
-        beta.append(b)
-        q = w / b
-    raise AssertionError("unreachable")  # pragma: no cover
+    rows = 0 if locked is None else locked.shape[0]
+    steps = max(1, min(int(steps), op.n - rows))
+    padded = np.zeros((max(rows, capacity), op.n), op.store)
+    if rows:
+        padded[:rows] = locked
+    call = _calls.make_call(op.fn, op.primals, {}, tuple(range(len(op.primals))), op.what)
+    call.extra.extend(
+        [
+            tf.constant(np.asarray(start, op.store)),
+            tf.constant(padded),
+            tf.constant(steps, tf.int32),
+            tf.constant(float(tol), tf.float64),
+            tf.constant(which == "magnitude"),
+        ]
+    )
+    out = _compile.run(op.fn, "lanczos", (), _lanczos_core, call, compile=True, jit_compile=False)
+    alpha, beta, value, vector, residual = (t.numpy() for t in out)
+    op.products += len(alpha)
+    return Run(alpha, beta, float(value), vector, float(residual))
+
+
+def _project_out(w: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+    """``w`` minus its projection on the orthonormal ``rows`` (one classical Gram-Schmidt
+    pass; ``tensordot`` is a matrix product, faster here than ``matvec`` with a transpose)."""
+    return w - tf.tensordot(tf.tensordot(rows, w, 1), rows, 1)
+
+
+def _orthogonalized(w: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+    """``w`` orthogonal to ``rows``: a second pass when the first cancelled most of ``w``
+    (the DGKS criterion), so no orthogonality is lost in float32."""
+    before = tf.norm(w)
+    w = _project_out(w, rows)
+    return tf.cond(tf.norm(w) < 0.7 * before, lambda: _project_out(w, rows), lambda: w)
+
+
+def _ritz(alphas: tf.Tensor, betas: tf.Tensor, magnitude: tf.Tensor) -> tuple:
+    """The tridiagonal T of ``alphas`` and (one fewer) ``betas``: its eigenvalues and
+    eigenvectors (float64) and the index of the wanted one."""
+    m = tf.size(alphas)
+    t = tf.linalg.diag(alphas)
+    for k in (1, -1):
+        t += tf.linalg.diag(betas, k=k, num_rows=m, num_cols=m)
+    theta, s = tf.linalg.eigh(t)
+    i = tf.where(magnitude, tf.argmax(tf.abs(theta)), tf.argmax(theta))
+    return theta, s, i
+
+
+def _lanczos_core(fn: Callable, call: _calls.Call) -> tuple[tf.Tensor, ...]:
+    """The compiled Lanczos loop: a ``tf.while_loop`` of Hessian-vector products, each
+    followed by full reorthogonalisation against the basis (a ``TensorArray``) and ``locked``,
+    and a convergence test on the small tridiagonal eigenproblem (``tf.linalg.eigh``).
+    Iterating in the graph avoids a host round trip and NumPy passes over the basis per
+    product; it halves a warm-started measurement of ``benchmarks/curvature.py``'s MLP."""
+    start, locked, steps, tol, magnitude = call.extra
+    sources, store = call.sources, start.dtype
+    sizes = [int(source.shape.num_elements()) for source in sources]
+    eps = np.finfo(np.float64)
+
+    def product(q: tf.Tensor) -> tf.Tensor:
+        pieces = tf.split(q, sizes)
+        tangents = [
+            tf.cast(tf.reshape(p, source.shape), source.dtype) for p, source in zip(pieces, sources)
+        ]
+        products = hvp_products(fn, call, tangents)
+        return tf.concat([tf.reshape(tf.cast(p, store), [-1]) for p in products], 0)
+
+    deflate = locked.shape[0] > 0  # static: no ops at all for the first eigenvalue
+    q = _orthogonalized(start, locked) if deflate else start
+    q = q / tf.norm(q)
+    basis = tf.TensorArray(store, size=steps, element_shape=start.shape)
+    alphas = tf.TensorArray(tf.float64, size=steps)
+    betas = tf.TensorArray(tf.float64, size=steps)
+
+    def body(j, q, previous, basis, alphas, betas, scale, done, broke):  # noqa: ANN001, ANN202
+        basis = basis.write(j, q)
+        w = product(q)
+        a = tf.tensordot(q, w, 1)
+        # The three-term recurrence, then full reorthogonalisation (which then removes
+        # rounding only, so its second pass is rarely needed) against locked and basis.
+        w = w - a * q - tf.cast(scale[2], store) * previous
+        if deflate:
+            w = _orthogonalized(w, locked)
+        w = _orthogonalized(w, basis.gather(tf.range(j + 1)))
+        a, b = tf.cast(a, tf.float64), tf.cast(tf.norm(w), tf.float64)
+        alphas, betas = alphas.write(j, a), betas.write(j, b)
+        # scale: max |alpha|, max beta before this one, the last beta
+        breakdown = b <= 1e-10 * tf.maximum(tf.maximum(scale[0], tf.abs(a)) + scale[1], eps.tiny)
+        theta, s, i = _ritz(alphas.gather(tf.range(j + 1)), betas.gather(tf.range(j)), magnitude)
+        floor = np.sqrt(eps.eps) * tf.reduce_max(tf.abs(theta))
+        converged = b * tf.abs(s[-1, i]) <= tol * tf.maximum(tf.abs(theta[i]), floor)
+        scale = tf.stack([tf.maximum(scale[0], tf.abs(a)), tf.maximum(scale[1], b), b])
+        following = tf.where(
+            breakdown, tf.zeros_like(w), w / tf.cast(tf.maximum(b, eps.tiny), store)
+        )
+        done = tf.logical_or(breakdown, converged)
+        return j + 1, following, q, basis, alphas, betas, scale, done, breakdown
+
+    def more(j, q, previous, basis, alphas, betas, scale, done, broke):  # noqa: ANN001, ANN202
+        return tf.logical_and(j < steps, tf.logical_not(done))
+
+    no, zero = tf.constant(False), tf.zeros([3], tf.float64)
+    loop = (tf.constant(0), q, tf.zeros_like(q), basis, alphas, betas, zero, no, no)
+    m, _, _, basis, alphas, betas, _, _, broke = tf.while_loop(more, body, loop)
+    alpha, beta = alphas.gather(tf.range(m)), betas.gather(tf.range(m))
+    theta, s, i = _ritz(alpha, beta[:-1], magnitude)
+    last = tf.where(broke, tf.zeros([], tf.float64), beta[-1])  # 0: the space is exhausted
+    beta = tf.concat([beta[:-1], tf.reshape(last, [1])], 0)
+    y = tf.linalg.matvec(tf.cast(basis.gather(tf.range(m)), tf.float64), s[:, i], transpose_a=True)
+    return alpha, beta, theta[i], y / tf.norm(y), last * tf.abs(s[-1, i])

@@ -1,8 +1,9 @@
 """Curvature of a loss: top Hessian eigenvalues, the Hessian trace and its spectral density.
 
-All three only multiply by the Hessian through :func:`tapekit.hvp` (compiled once per function
-and input signature, never forming the matrix); the small tridiagonal eigenproblems of the
-Lanczos method are solved in NumPy float64 on the host.
+All three only multiply by the Hessian through Hessian-vector products (forward-over-reverse,
+as :func:`tapekit.hvp`; never forming the matrix). A Lanczos run is one compiled call, cached
+per function (see :mod:`tapekit._lanczos`); its small tridiagonal eigenproblems are solved in
+float64.
 
 * :func:`top_eigenvalues`: Lanczos with full reorthogonalisation, one run per eigenvalue with
   the ones found before deflated (locked), so repeated eigenvalues are found as often as they
@@ -42,11 +43,6 @@ def _check_count(value: Any, name: str, what: str, minimum: int = 1) -> int:
             f"{describe_received(value)}."
         )
     return int(value)
-
-
-def _pick(values: np.ndarray, which: str) -> int:
-    """Index of the largest Ritz value (algebraically or in absolute value)."""
-    return int(np.argmax(values if which == "algebraic" else np.abs(values)))
 
 
 def top_eigenvalues(
@@ -121,29 +117,17 @@ def top_eigenvalues(
     locked = np.zeros((0, op.n), op.store)
     values: list[float] = []
     worst = 0.0
-
-    def converged(ritz: np.ndarray, s: np.ndarray, b: float) -> bool:
-        i = _pick(ritz, which)
-        floor = np.sqrt(np.finfo(np.float64).eps) * np.max(np.abs(ritz))
-        return b * abs(s[-1, i]) <= tol * max(abs(ritz[i]), floor)
-
     for run in range(k):
-        random = rademacher(rng, op.n)
-        start = random
-        if run < starts.shape[0] and _lanczos.norm(starts[run]) > 0:
-            # a warm start, with a little of a random vector so no direction is missing
-            start = starts[run] / _lanczos.norm(starts[run]) + 0.01 * random / np.sqrt(op.n)
-        alpha, beta, basis, b = lanczos(
-            op, start, max_iters, locked=locked, store=op.store, converged=converged
-        )
-        ritz, s = tridiagonal_eigh(alpha, beta)
-        i = _pick(ritz, which)
-        residual = b * abs(s[-1, i])
-        worst = max(worst, residual / max(abs(ritz[i]), np.finfo(np.float64).tiny))
-        y = np.einsum("i,ij->j", s[:, i], basis).astype(np.float64)
-        y /= _lanczos.norm(y)
-        values.append(float(ritz[i]))
-        locked = np.concatenate([locked, y[None].astype(op.store)])
+        # Gaussian, not random signs: in few dimensions, signs are orthogonal to an eigenvector
+        # (e.g. (1, 1, 1, 1)) with a large probability, and Lanczos never sees that direction.
+        start = rng.standard_normal(op.n, dtype=op.store)
+        warm = _lanczos.norm(starts[run]) if run < starts.shape[0] else 0.0
+        if warm > 0:  # a warm start, with a little of a random vector so no direction is missing
+            start = (starts[run] / warm + (0.01 / np.sqrt(op.n)) * start).astype(op.store)
+        found = lanczos(op, start, max_iters, locked=locked, tol=tol, which=which, capacity=k - 1)
+        worst = max(worst, found.residual / max(abs(found.value), np.finfo(np.float64).tiny))
+        values.append(found.value)
+        locked = np.concatenate([locked, found.vector[None].astype(op.store)])
     if worst > tol:
         warnings.warn(
             f"top_eigenvalues did not reach tol={tol} in max_iters={max_iters} Hessian-vector "
@@ -154,7 +138,7 @@ def top_eigenvalues(
     key = np.array(values) if which == "algebraic" else np.abs(values)
     order = np.argsort(-key, kind="stable")
     vals = tf.constant(np.array(values)[order], dtype=op.dtype)
-    return vals, op.unflatten(locked.astype(np.float64)[order])
+    return vals, op.unflatten(locked[order])
 
 
 def trace(
@@ -207,8 +191,8 @@ def _density_nodes(op: HessianOperator, steps: int, runs: int, seed: int | None)
     rng = np.random.default_rng(seed)
     nodes, weights = [], []
     for _ in range(runs):
-        alpha, beta, _, _ = lanczos(op, rademacher(rng, op.n), steps, store=op.store)
-        theta, s = tridiagonal_eigh(alpha, beta)
+        found = lanczos(op, rademacher(rng, op.n), steps)
+        theta, s = tridiagonal_eigh(found.alpha, found.beta)
         nodes.append(theta)
         weights.append(s[0] ** 2 / runs)  # each run's weights sum to 1
     return np.concatenate(nodes), np.concatenate(weights)

@@ -148,8 +148,10 @@ def hessian(
     return _compile.no_autograph(hessian_fn)
 
 
-def _hvp_core(fn: Callable, call: _calls.Call) -> tuple[Any, ...]:
-    sources, tangents = call.sources, call.extra
+def hvp_products(fn: Callable, call: _calls.Call, tangents: list[tf.Tensor]) -> list[tf.Tensor]:
+    """``H·tangents``, one dense tensor per source of ``call`` (the core of :func:`hvp`, also
+    traced inside the Lanczos loop of :mod:`tapekit._lanczos`)."""
+    sources = call.sources
 
     def forward() -> list[tf.Tensor]:
         with tf.autodiff.ForwardAccumulator(sources, tangents) as acc:
@@ -164,7 +166,11 @@ def _hvp_core(fn: Callable, call: _calls.Call) -> tuple[Any, ...]:
             grads, sources, output_gradients=tangents, unconnected_gradients=_tensors.ZERO
         )
 
-    products = [_tensors.dense(p) for p in _vectorize.forward_or_reverse(forward, reverse)]
+    return [_tensors.dense(p) for p in _vectorize.forward_or_reverse(forward, reverse)]
+
+
+def _hvp_core(fn: Callable, call: _calls.Call) -> tuple[Any, ...]:
+    products = hvp_products(fn, call, call.extra)
     return _vectorize.pack_columns(products, call.structs, single=False)
 
 

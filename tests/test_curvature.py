@@ -101,10 +101,17 @@ def test_lanczos_iterations_do_not_retrace_and_keep_float32(point):
     values, vectors = curvature.top_eigenvalues(loss32, (p32,), k=2, seed=0)
     assert values.dtype == tf.float32 and vectors[0][0].dtype == tf.float32
     np.testing.assert_allclose(values.numpy(), exact[::-1][:2], rtol=1e-3)
-    assert tracing_count(loss32) == 1  # dozens of hvp calls, one trace
+    assert tracing_count(loss32) == 1  # both runs, dozens of products: one compiled loop
+    curvature.density(loss32, (p32,), steps=8, runs=2, seed=0)
+    assert tracing_count(loss32) == 2  # the loop without deflation, run to `steps`
     curvature.trace(loss32, (p32,), samples=4, seed=0)
-    curvature.density(loss32, (p32,), steps=8, runs=1, seed=0)
-    assert tracing_count(loss32) == 1
+    assert tracing_count(loss32) == 3  # + one hvp
+    for seed in (1, 2):  # other starts, sizes, tolerances and counts: no new trace
+        curvature.top_eigenvalues(loss32, (p32,), k=1, seed=seed, max_iters=20, tol=1e-2)
+        curvature.top_eigenvalues(loss32, (p32,), k=2, seed=seed, max_iters=40 + seed)
+        curvature.density(loss32, (p32,), steps=5 + seed, runs=1, seed=seed)
+        curvature.trace(loss32, (p32,), samples=3, seed=seed)
+    assert tracing_count(loss32) == 3
 
 
 def test_warm_start_from_the_previous_eigenvector_needs_few_products(point):
@@ -250,3 +257,14 @@ def test_one_model_loss_per_batch_is_not_reported_as_retracing():
             (hv,) = tapekit.hvp(fn, primals, ([tf.ones_like(v) for v in primals[0]],))
             kernel = 2.0 * (i + 1) ** 2 * 2.0  # d2/dk2 of mean((x k + b)^2): 2 x^T x / 4 rows
             np.testing.assert_allclose(hv[0].numpy(), np.full((2, 1), kernel + 2.0 * (i + 1)))
+
+
+def test_a_start_orthogonal_to_the_top_eigenvector_is_not_drawn():
+    # H = 2 * ones * ones^T (n = 4): its one nonzero eigenvalue, 8, has eigenvector (1, 1, 1, 1);
+    # 6 of the 16 sign vectors are orthogonal to it, so random-sign starts would return 0.
+    f = lambda x: tf.reduce_sum(x) ** 2  # noqa: E731
+    x = (tf.zeros([4], tf.float64),)
+    for seed in range(20):
+        values, (vector,) = curvature.top_eigenvalues(f, x, seed=seed)
+        np.testing.assert_allclose(values.numpy(), [8.0], rtol=1e-9)
+        np.testing.assert_allclose(np.abs(vector.numpy()[0]), np.full(4, 0.5), rtol=1e-6)
