@@ -16,10 +16,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from . import _calls, _compile
+from . import _calls, _compile, _vectorize
 from ._tensors import variable as _variable
 from .errors import describe_received
-from .hessians import hvp, hvp_products
+from .hessians import hvp, hvp_at, hvp_products
 
 __all__ = ["HessianOperator", "Run", "lanczos", "rademacher", "tridiagonal_eigh"]
 
@@ -80,14 +80,15 @@ class HessianOperator:
         return tuple(tf.nest.pack_sequence_as(self.primals, pieces))
 
     def flatten(self, nest: Any) -> np.ndarray:
-        """Tensors shaped like the primals (optionally with a common leading axis), flat."""
+        """Tensors shaped like the primals (optionally with a common leading axis), flat, in
+        the storage dtype."""
         leaves = tf.nest.flatten(nest)
         if len(leaves) != len(self.shapes):
             raise ValueError(
                 f"expected {len(self.shapes)} arrays shaped like the primals, received "
                 f"{len(leaves)}."
             )
-        arrays = [np.asarray(leaf, dtype=np.float64) for leaf in leaves]
+        arrays = [np.asarray(leaf, dtype=self.store) for leaf in leaves]
         lead = arrays[0].shape[: arrays[0].ndim - len(self.shapes[0])]
         return np.concatenate([a.reshape(lead + (-1,)) for a in arrays], axis=-1)
 
@@ -131,7 +132,7 @@ class Run(NamedTuple):
 
     ``alpha`` (length m) and ``beta`` (length m, the last one the residual scale, 0 after a
     breakdown) define T; ``value``/``vector`` are T's wanted Ritz pair (``vector`` a unit
-    float64 vector of the operator's size) and ``residual`` is ``|H y - θ y|`` for it.
+    vector of the operator's size, in its storage dtype) and ``residual`` is ``|H y - θ y|``.
     """
 
     alpha: np.ndarray
@@ -143,9 +144,11 @@ class Run(NamedTuple):
 
 def lanczos(
     op: HessianOperator,
-    start: np.ndarray,
+    start: np.ndarray | None,
     steps: int,
     *,
+    seed: np.random.Generator,
+    noise: float = 1.0,
     locked: np.ndarray | None = None,
     tol: float = 0.0,
     which: str = "algebraic",
@@ -156,8 +159,13 @@ def lanczos(
 
     Args:
         op: The Hessian operator (its function, point, sizes and storage dtype).
-        start: The starting vector (need not be normalised).
+        start: A starting direction (e.g. the previous eigenvector, of norm 1), or None.
         steps: At most this many iterations (Hessian-vector products).
+        seed: Draws the seed of the Gaussian vector added to ``start`` (drawn in the graph).
+        noise: Its norm (about): ``start + noise * g / sqrt(n)``; with no ``start``, the start
+            is Gaussian. Gaussian, not random signs: in few dimensions, sign vectors are
+            orthogonal to an eigenvector such as (1, 1, 1, 1) with a large probability, and
+            Lanczos would never see its eigenvalue.
         locked: Orthonormal rows the Krylov space is kept orthogonal to (deflation).
         tol: Stop once the wanted Ritz pair's residual is at most ``tol · |θ|``; 0 runs all
             ``steps`` (unless the Krylov space is exhausted).
@@ -174,9 +182,12 @@ def lanczos(
     if rows:
         padded[:rows] = locked
     call = _calls.make_call(op.fn, op.primals, {}, tuple(range(len(op.primals))), op.what)
+    direction = np.zeros(op.n, op.store) if start is None else np.asarray(start, op.store)
     call.extra.extend(
         [
-            tf.constant(np.asarray(start, op.store)),
+            tf.constant(direction),
+            tf.constant(seed.integers(0, 2**31 - 1, size=2), tf.int64),
+            tf.constant(1.0 if start is None else float(noise), tf.float64),
             tf.constant(padded),
             tf.constant(steps, tf.int32),
             tf.constant(float(tol), tf.float64),
@@ -195,12 +206,18 @@ def _project_out(w: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
     return w - tf.tensordot(tf.tensordot(rows, w, 1), rows, 1)
 
 
-def _orthogonalized(w: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
-    """``w`` orthogonal to ``rows``: a second pass when the first cancelled most of ``w``
-    (the DGKS criterion), so no orthogonality is lost in float32."""
+def _orthogonalized(w: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``w`` orthogonal to ``rows``, and its norm: a second pass when the first cancelled
+    most of ``w`` (the DGKS criterion), so no orthogonality is lost in float32."""
     before = tf.norm(w)
     w = _project_out(w, rows)
-    return tf.cond(tf.norm(w) < 0.7 * before, lambda: _project_out(w, rows), lambda: w)
+    after = tf.norm(w)
+
+    def again() -> tuple[tf.Tensor, tf.Tensor]:
+        w2 = _project_out(w, rows)
+        return w2, tf.norm(w2)
+
+    return tf.cond(after < 0.7 * before, again, lambda: (w, after))
 
 
 def _ritz(alphas: tf.Tensor, betas: tf.Tensor, magnitude: tf.Tensor) -> tuple:
@@ -216,13 +233,30 @@ def _ritz(alphas: tf.Tensor, betas: tf.Tensor, magnitude: tf.Tensor) -> tuple:
 
 
 def _lanczos_core(fn: Callable, call: _calls.Call) -> tuple[tf.Tensor, ...]:
+    """The Lanczos loop over products of :func:`hvp_at` (the loss and gradient computed once
+    before the loop), or, where TensorFlow cannot differentiate the gradient in reverse
+    mode, over forward-over-reverse products (:func:`hvp_products`, repeated in the loop)."""
+
+    def hoisted() -> tuple[tf.Tensor, ...]:
+        return _lanczos_loop(call, hvp_at(fn, call))
+
+    def repeated() -> tuple[tf.Tensor, ...]:
+        return _lanczos_loop(call, lambda tangents: hvp_products(fn, call, tangents))
+
+    return _vectorize.forward_or_reverse(hoisted, repeated)  # (first, else second)
+
+
+def _lanczos_loop(call: _calls.Call, multiply: Callable) -> tuple[tf.Tensor, ...]:
     """The compiled Lanczos loop: a ``tf.while_loop`` of Hessian-vector products, each
     followed by full reorthogonalisation against the basis (a ``TensorArray``) and ``locked``,
     and a convergence test on the small tridiagonal eigenproblem (``tf.linalg.eigh``).
     Iterating in the graph avoids a host round trip and NumPy passes over the basis per
     product; it halves a warm-started measurement of ``benchmarks/curvature.py``'s MLP."""
-    start, locked, steps, tol, magnitude = call.extra
-    sources, store = call.sources, start.dtype
+    direction, seed, noise, locked, steps, tol, magnitude = call.extra
+    sources, store = call.sources, direction.dtype
+    size = int(direction.shape[0])
+    gauss = tf.random.stateless_normal([size], seed, dtype=store)
+    start = direction + tf.cast(noise / np.sqrt(size), store) * gauss
     sizes = [int(source.shape.num_elements()) for source in sources]
     eps = np.finfo(np.float64)
 
@@ -231,11 +265,11 @@ def _lanczos_core(fn: Callable, call: _calls.Call) -> tuple[tf.Tensor, ...]:
         tangents = [
             tf.cast(tf.reshape(p, source.shape), source.dtype) for p, source in zip(pieces, sources)
         ]
-        products = hvp_products(fn, call, tangents)
+        products = multiply(tangents)
         return tf.concat([tf.reshape(tf.cast(p, store), [-1]) for p in products], 0)
 
     deflate = locked.shape[0] > 0  # static: no ops at all for the first eigenvalue
-    q = _orthogonalized(start, locked) if deflate else start
+    q = _orthogonalized(start, locked)[0] if deflate else start
     q = q / tf.norm(q)
     basis = tf.TensorArray(store, size=steps, element_shape=start.shape)
     alphas = tf.TensorArray(tf.float64, size=steps)
@@ -249,9 +283,9 @@ def _lanczos_core(fn: Callable, call: _calls.Call) -> tuple[tf.Tensor, ...]:
         # rounding only, so its second pass is rarely needed) against locked and basis.
         w = w - a * q - tf.cast(scale[2], store) * previous
         if deflate:
-            w = _orthogonalized(w, locked)
-        w = _orthogonalized(w, basis.gather(tf.range(j + 1)))
-        a, b = tf.cast(a, tf.float64), tf.cast(tf.norm(w), tf.float64)
+            w = _orthogonalized(w, locked)[0]
+        w, b = _orthogonalized(w, basis.gather(tf.range(j + 1)))
+        a, b = tf.cast(a, tf.float64), tf.cast(b, tf.float64)
         alphas, betas = alphas.write(j, a), betas.write(j, b)
         # scale: max |alpha|, max beta before this one, the last beta
         breakdown = b <= 1e-10 * tf.maximum(tf.maximum(scale[0], tf.abs(a)) + scale[1], eps.tiny)
@@ -259,9 +293,7 @@ def _lanczos_core(fn: Callable, call: _calls.Call) -> tuple[tf.Tensor, ...]:
         floor = np.sqrt(eps.eps) * tf.reduce_max(tf.abs(theta))
         converged = b * tf.abs(s[-1, i]) <= tol * tf.maximum(tf.abs(theta[i]), floor)
         scale = tf.stack([tf.maximum(scale[0], tf.abs(a)), tf.maximum(scale[1], b), b])
-        following = tf.where(
-            breakdown, tf.zeros_like(w), w / tf.cast(tf.maximum(b, eps.tiny), store)
-        )
+        following = w / tf.cast(tf.maximum(b, eps.tiny), store)  # unused after a breakdown
         done = tf.logical_or(breakdown, converged)
         return j + 1, following, q, basis, alphas, betas, scale, done, breakdown
 
@@ -275,5 +307,5 @@ def _lanczos_core(fn: Callable, call: _calls.Call) -> tuple[tf.Tensor, ...]:
     theta, s, i = _ritz(alpha, beta[:-1], magnitude)
     last = tf.where(broke, tf.zeros([], tf.float64), beta[-1])  # 0: the space is exhausted
     beta = tf.concat([beta[:-1], tf.reshape(last, [1])], 0)
-    y = tf.linalg.matvec(tf.cast(basis.gather(tf.range(m)), tf.float64), s[:, i], transpose_a=True)
+    y = tf.tensordot(tf.cast(s[:, i], store), basis.gather(tf.range(m)), 1)
     return alpha, beta, theta[i], y / tf.norm(y), last * tf.abs(s[-1, i])

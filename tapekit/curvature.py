@@ -112,22 +112,29 @@ def top_eigenvalues(
             f"top_eigenvalues: k={k} exceeds the number of parameters ({op.n}) of `primals`; "
             f"the Hessian has only {op.n} eigenvalues. Ask for k <= {op.n}."
         )
-    starts = np.zeros((0, op.n)) if init is None else np.atleast_2d(op.flatten(init))
+    starts = np.zeros((0, op.n), op.store) if init is None else np.atleast_2d(op.flatten(init))
     rng = np.random.default_rng(seed)
     locked = np.zeros((0, op.n), op.store)
     values: list[float] = []
     worst = 0.0
     for run in range(k):
-        # Gaussian, not random signs: in few dimensions, signs are orthogonal to an eigenvector
-        # (e.g. (1, 1, 1, 1)) with a large probability, and Lanczos never sees that direction.
-        start = rng.standard_normal(op.n, dtype=op.store)
-        warm = _lanczos.norm(starts[run]) if run < starts.shape[0] else 0.0
+        start, warm = None, _lanczos.norm(starts[run]) if run < starts.shape[0] else 0.0
         if warm > 0:  # a warm start, with a little of a random vector so no direction is missing
-            start = (starts[run] / warm + (0.01 / np.sqrt(op.n)) * start).astype(op.store)
-        found = lanczos(op, start, max_iters, locked=locked, tol=tol, which=which, capacity=k - 1)
+            start = starts[run] / np.asarray(warm, op.store)
+        found = lanczos(
+            op,
+            start,
+            max_iters,
+            seed=rng,
+            noise=0.01,
+            locked=locked,
+            tol=tol,
+            which=which,
+            capacity=k - 1,
+        )
         worst = max(worst, found.residual / max(abs(found.value), np.finfo(np.float64).tiny))
         values.append(found.value)
-        locked = np.concatenate([locked, found.vector[None].astype(op.store)])
+        locked = np.concatenate([locked, found.vector[None]])
     if worst > tol:
         warnings.warn(
             f"top_eigenvalues did not reach tol={tol} in max_iters={max_iters} Hessian-vector "
@@ -191,7 +198,8 @@ def _density_nodes(op: HessianOperator, steps: int, runs: int, seed: int | None)
     rng = np.random.default_rng(seed)
     nodes, weights = [], []
     for _ in range(runs):
-        found = lanczos(op, rademacher(rng, op.n), steps)
+        # random signs, as PyHessian: a lower-variance quadrature than Gaussian vectors
+        found = lanczos(op, rademacher(rng, op.n, op.store), steps, seed=rng, noise=0.0)
         theta, s = tridiagonal_eigh(found.alpha, found.beta)
         nodes.append(theta)
         weights.append(s[0] ** 2 / runs)  # each run's weights sum to 1
