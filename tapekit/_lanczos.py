@@ -1,11 +1,11 @@
-"""The Hessian of a scalar function as a linear operator over ``hvp``, and the Lanczos loop.
+"""Compiled loops of Hessian-vector products: the Lanczos method and Hutchinson's samples.
 
 :func:`lanczos` runs a whole Lanczos run in one compiled call (a ``tf.while_loop`` over the
-Hessian-vector products of :func:`tapekit.hessians.hvp_products`, with full
+Hessian-vector products of :func:`tapekit.hessians.hvp_at`, with full
 reorthogonalisation and the convergence test in the graph), cached per function like
 ``hvp``: no host round trip per product. :class:`HessianOperator` holds the point (the primals
-flattened end to end, in ``tf.nest.flatten`` order) and gives single products on float64
-NumPy vectors (for the trace estimate). Used by :mod:`tapekit.curvature`.
+flattened end to end, in ``tf.nest.flatten`` order); :func:`quadratic_forms` gives the
+Hutchinson samples ``zᵀHz`` the same way. Used by :mod:`tapekit.curvature`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import tensorflow as tf
 from . import _calls, _compile, _vectorize
 from ._tensors import variable as _variable
 from .errors import describe_received
-from .hessians import hvp, hvp_at, hvp_products
+from .hessians import hvp_at, hvp_products
 
-__all__ = ["HessianOperator", "Run", "lanczos", "rademacher", "tridiagonal_eigh"]
+__all__ = ["HessianOperator", "Run", "lanczos", "quadratic_forms", "rademacher", "tridiagonal_eigh"]
 
 
 def _leaf(value: Any) -> Any:
@@ -32,7 +32,7 @@ def _leaf(value: Any) -> Any:
 
 
 class HessianOperator:
-    """``v -> H v`` for the Hessian of scalar ``fn`` at ``primals``, on flat float64 vectors.
+    """The Hessian of scalar ``fn`` at ``primals``: the point, its flat layout and dtypes.
 
     Args:
         fn: A function of ``len(primals)`` arguments returning a float scalar.
@@ -67,7 +67,6 @@ class HessianOperator:
         self.dtype = widest  # of the returned values
         # Lanczos vectors are stored at the primals' precision (halves memory for float32).
         self.store = np.float64 if widest.size >= 8 else np.float32
-        self.products = 0
 
     def unflatten(self, flat: np.ndarray) -> tuple[Any, ...]:
         """A flat vector (or a ``(k, n)`` stack) as tensors shaped like the primals."""
@@ -91,13 +90,6 @@ class HessianOperator:
         arrays = [np.asarray(leaf, dtype=self.store) for leaf in leaves]
         lead = arrays[0].shape[: arrays[0].ndim - len(self.shapes[0])]
         return np.concatenate([a.reshape(lead + (-1,)) for a in arrays], axis=-1)
-
-    def __call__(self, v: np.ndarray) -> np.ndarray:
-        """``H v`` as a flat vector at the primals' precision (one compiled hvp)."""
-        self.products += 1
-        out = hvp(self.fn, self.primals, self.unflatten(v))
-        flat = np.concatenate([np.asarray(t).ravel() for t in tf.nest.flatten(out)])
-        return flat.astype(self.store, copy=False)
 
 
 def rademacher(rng: np.random.Generator, n: int, dtype: type = np.float64) -> np.ndarray:
@@ -196,8 +188,62 @@ def lanczos(
     )
     out = _compile.run(op.fn, "lanczos", (), _lanczos_core, call, compile=True, jit_compile=False)
     alpha, beta, value, vector, residual = (t.numpy() for t in out)
-    op.products += len(alpha)
     return Run(alpha, beta, float(value), vector, float(residual))
+
+
+def quadratic_forms(op: HessianOperator, samples: int, seed: np.random.Generator) -> np.ndarray:
+    """``zᵀ H z`` for ``samples`` random sign vectors ``z``, drawn in the graph (stateless,
+    seeded by ``seed``), in one compiled call over products of :func:`hvp_at` (the loss and
+    gradient computed once), or of :func:`hvp_products` where that cannot be built.
+
+    Returns:
+        The ``samples`` values, float64.
+    """
+    call = _calls.make_call(op.fn, op.primals, {}, tuple(range(len(op.primals))), op.what)
+    call.extra.extend(
+        [
+            tf.constant(seed.integers(0, 2**31 - 1, size=2), tf.int64),
+            tf.constant(int(samples), tf.int32),
+            tf.zeros([0], dtype=op.store),  # carries the storage dtype
+        ]
+    )
+    out = _compile.run(
+        op.fn, "quadratic_forms", (), _quadratic_core, call, compile=True, jit_compile=False
+    )
+    return out.numpy()
+
+
+def _quadratic_core(fn: Callable, call: _calls.Call) -> tf.Tensor:
+    seed, samples, like = call.extra
+    sources = call.sources
+
+    def loop(multiply: Callable) -> tf.Tensor:
+        def body(i: tf.Tensor, quads: tf.TensorArray) -> tuple:
+            signs = []
+            for k, source in enumerate(sources):
+                bits = tf.random.stateless_uniform(
+                    source.shape, tf.stack([seed[0] + tf.cast(i, tf.int64), seed[1] + k])
+                )
+                signs.append(tf.cast(tf.where(bits < 0.5, -1.0, 1.0), source.dtype))
+            products = multiply(signs)
+            quad = tf.add_n(
+                [
+                    tf.reduce_sum(tf.cast(z, like.dtype) * tf.cast(p, like.dtype))
+                    for z, p in zip(signs, products)
+                ]
+            )
+            return i + 1, quads.write(i, tf.cast(quad, tf.float64))
+
+        _, quads = tf.while_loop(
+            lambda i, q: i < samples,
+            body,
+            (tf.constant(0), tf.TensorArray(tf.float64, size=samples)),
+        )
+        return quads.stack()
+
+    return _vectorize.forward_or_reverse(  # (first, else second), as in _lanczos_core
+        lambda: loop(hvp_at(fn, call)), lambda: loop(lambda t: hvp_products(fn, call, t))
+    )
 
 
 def _project_out(w: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:

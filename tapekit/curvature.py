@@ -158,7 +158,8 @@ def trace(
     """Hutchinson's estimate of the trace of the Hessian of a scalar ``fn``, with its error.
 
     ``tr H = E[zᵀ H z]`` for random sign vectors ``z``; the estimate is the mean over
-    ``samples`` such products (one :func:`tapekit.hvp` each) and the standard error is their
+    ``samples`` such products (one Hessian-vector product each, all in one compiled call, the
+    loss and gradient computed once) and the standard error is their
     standard deviation over ``sqrt(samples)``: the error shrinks like ``1/sqrt(samples)``.
     The trace is the sum of all curvatures (the Laplacian of the loss); a large trace with a
     small top eigenvalue means many moderately curved directions.
@@ -185,11 +186,7 @@ def trace(
     """
     op = HessianOperator(fn, primals, "trace")
     samples = _check_count(samples, "samples", "trace", minimum=2)
-    rng = np.random.default_rng(seed)
-    quads = np.empty(samples)
-    for i in range(samples):
-        z = rademacher(rng, op.n)
-        quads[i] = _lanczos.dot(z, op(z).astype(np.float64))
+    quads = _lanczos.quadratic_forms(op, samples, np.random.default_rng(seed))
     error = quads.std(ddof=1) / np.sqrt(samples)
     return tf.constant(quads.mean(), op.dtype), tf.constant(error, op.dtype)
 
