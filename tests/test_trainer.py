@@ -316,6 +316,9 @@ def test_the_check_can_be_turned_off():
         unchecked = _train(epochs=1, steps_per_execution=4, on_nonfinite=None, **kw)
         for got, want in zip(unchecked.get_weights(), checked.get_weights(), strict=True):
             np.testing.assert_array_equal(got, want)
+    # Loss scaling needs the check (overflowed steps are skipped on every replica alike).
+    with pytest.raises(ValueError, match=r"on_nonfinite=None .* LossScaleOptimizer"):
+        tapekit.Trainer(_factory(), mse, on_nonfinite=None, mixed_precision="mixed_float16")
     # ... and a NaN batch goes through unnoticed, as in keras.Model.fit: what the option means.
     trainer = _train(_nan_data(), epochs=1, on_nonfinite=None)
     assert trainer.global_step == 4 and trainer.skipped_steps == 0

@@ -84,7 +84,8 @@ class Trainer(StateView):
         on_nonfinite: "raise" (:class:`tapekit.NonFiniteError`) or "skip" such steps; None
             applies every update unchecked, as ``keras.Model.fit`` does (a few percent faster
             for small models, where the check keeps an update from overlapping the
-            backward pass; a NaN then reaches the weights silently).
+            backward pass; a NaN then reaches the weights silently; not with float16 loss
+            scaling, which needs the check).
         allow_unused: Allow trainable variables that get no gradient (else an error names them).
         name: Run name, used for the default logdir.
 

@@ -116,6 +116,14 @@ class OptimizerUpdate:
         self.on_nonfinite, self.allow_unused, self.source = on_nonfinite, allow_unused, source
         self.replicas = strategy.num_replicas_in_sync
         self.loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        if self.loss_scaled and on_nonfinite is None:
+            raise ValueError(
+                f"on_nonfinite=None turns the non-finite check off, but optimizer '{name}' is a "
+                "LossScaleOptimizer (mixed_precision='mixed_float16'), which must see that "
+                "check to skip the steps whose scaled gradients overflowed, on every replica "
+                "alike. Use on_nonfinite='raise' or 'skip', or mixed_precision='mixed_bfloat16' "
+                "(no loss scaling)."
+            )
         self.aggregate = self.replicas > 1 and (clip_norm is not None or clip_value is not None)
         self.last_grads: Any = None  # trace-time: the newest applied gradient (per replica)
         self.tokens: list[tf.Tensor] = []  # trace-time: one per apply of the current step
