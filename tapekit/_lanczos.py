@@ -91,6 +91,15 @@ class HessianOperator:
         lead = arrays[0].shape[: arrays[0].ndim - len(self.shapes[0])]
         return np.concatenate([a.reshape(lead + (-1,)) for a in arrays], axis=-1)
 
+    def run(self, transform: str, core: Callable, extra: list[tf.Tensor]) -> Any:
+        """``core(fn, call)`` at the point, with ``extra`` tensors, compiled and cached per
+        function and ``transform`` (as ``hvp`` is)."""
+        call = _calls.make_call(
+            self.fn, self.primals, {}, tuple(range(len(self.primals))), self.what
+        )
+        call.extra.extend(extra)
+        return _compile.run(self.fn, transform, (), core, call, compile=True, jit_compile=False)
+
 
 def rademacher(rng: np.random.Generator, n: int, dtype: type = np.float64) -> np.ndarray:
     """A vector of ``n`` independent random signs (from random bytes, 8 signs each)."""
@@ -173,9 +182,10 @@ def lanczos(
     padded = np.zeros((max(rows, capacity), op.n), op.store)
     if rows:
         padded[:rows] = locked
-    call = _calls.make_call(op.fn, op.primals, {}, tuple(range(len(op.primals))), op.what)
     direction = np.zeros(op.n, op.store) if start is None else np.asarray(start, op.store)
-    call.extra.extend(
+    out = op.run(
+        "lanczos",
+        _lanczos_core,
         [
             tf.constant(direction),
             tf.constant(seed.integers(0, 2**31 - 1, size=2), tf.int64),
@@ -184,9 +194,8 @@ def lanczos(
             tf.constant(steps, tf.int32),
             tf.constant(float(tol), tf.float64),
             tf.constant(which == "magnitude"),
-        ]
+        ],
     )
-    out = _compile.run(op.fn, "lanczos", (), _lanczos_core, call, compile=True, jit_compile=False)
     alpha, beta, value, vector, residual = (t.numpy() for t in out)
     return Run(alpha, beta, float(value), vector, float(residual))
 
@@ -199,18 +208,21 @@ def quadratic_forms(op: HessianOperator, samples: int, seed: np.random.Generator
     Returns:
         The ``samples`` values, float64.
     """
-    call = _calls.make_call(op.fn, op.primals, {}, tuple(range(len(op.primals))), op.what)
-    call.extra.extend(
-        [
-            tf.constant(seed.integers(0, 2**31 - 1, size=2), tf.int64),
-            tf.constant(int(samples), tf.int32),
-            tf.zeros([0], dtype=op.store),  # carries the storage dtype
-        ]
+    extra = [
+        tf.constant(seed.integers(0, 2**31 - 1, size=2), tf.int64),
+        tf.constant(int(samples), tf.int32),
+        tf.zeros([0], dtype=op.store),  # carries the storage dtype
+    ]
+    return op.run("quadratic_forms", _quadratic_core, extra).numpy()
+
+
+def _with_products(fn: Callable, call: _calls.Call, loop: Callable[[Callable], Any]) -> Any:
+    """``loop(multiply)`` over products of :func:`hvp_at` (the loss and gradient computed
+    once, before the loop), or, where TensorFlow cannot differentiate the gradient in reverse
+    mode, over :func:`hvp_products` (forward-over-reverse, repeated in the loop)."""
+    return _vectorize.forward_or_reverse(  # (first, else second)
+        lambda: loop(hvp_at(fn, call)), lambda: loop(lambda t: hvp_products(fn, call, t))
     )
-    out = _compile.run(
-        op.fn, "quadratic_forms", (), _quadratic_core, call, compile=True, jit_compile=False
-    )
-    return out.numpy()
 
 
 def _quadratic_core(fn: Callable, call: _calls.Call) -> tf.Tensor:
@@ -241,9 +253,7 @@ def _quadratic_core(fn: Callable, call: _calls.Call) -> tf.Tensor:
         )
         return quads.stack()
 
-    return _vectorize.forward_or_reverse(  # (first, else second), as in _lanczos_core
-        lambda: loop(hvp_at(fn, call)), lambda: loop(lambda t: hvp_products(fn, call, t))
-    )
+    return _with_products(fn, call, loop)
 
 
 def _project_out(w: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
@@ -279,17 +289,7 @@ def _ritz(alphas: tf.Tensor, betas: tf.Tensor, magnitude: tf.Tensor) -> tuple:
 
 
 def _lanczos_core(fn: Callable, call: _calls.Call) -> tuple[tf.Tensor, ...]:
-    """The Lanczos loop over products of :func:`hvp_at` (the loss and gradient computed once
-    before the loop), or, where TensorFlow cannot differentiate the gradient in reverse
-    mode, over forward-over-reverse products (:func:`hvp_products`, repeated in the loop)."""
-
-    def hoisted() -> tuple[tf.Tensor, ...]:
-        return _lanczos_loop(call, hvp_at(fn, call))
-
-    def repeated() -> tuple[tf.Tensor, ...]:
-        return _lanczos_loop(call, lambda tangents: hvp_products(fn, call, tangents))
-
-    return _vectorize.forward_or_reverse(hoisted, repeated)  # (first, else second)
+    return _with_products(fn, call, lambda multiply: _lanczos_loop(call, multiply))
 
 
 def _lanczos_loop(call: _calls.Call, multiply: Callable) -> tuple[tf.Tensor, ...]:

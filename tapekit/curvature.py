@@ -1,9 +1,9 @@
 """Curvature of a loss: top Hessian eigenvalues, the Hessian trace and its spectral density.
 
-All three only multiply by the Hessian through Hessian-vector products (forward-over-reverse,
-as :func:`tapekit.hvp`; never forming the matrix). A Lanczos run is one compiled call, cached
-per function (see :mod:`tapekit._lanczos`); its small tridiagonal eigenproblems are solved in
-float64.
+All three only multiply by the Hessian through Hessian-vector products, never forming the
+matrix. A Lanczos run (or all of a trace's samples) is one compiled call, cached per function,
+whose products are reverse passes over the gradient computed once before its loop (see
+:mod:`tapekit._lanczos`); the small tridiagonal eigenproblems are solved in float64.
 
 * :func:`top_eigenvalues`: Lanczos with full reorthogonalisation, one run per eigenvalue with
   the ones found before deflated (locked), so repeated eigenvalues are found as often as they

@@ -148,27 +148,6 @@ def hessian(
     return _compile.no_autograph(hessian_fn)
 
 
-def hvp_products(fn: Callable, call: _calls.Call, tangents: list[tf.Tensor]) -> list[tf.Tensor]:
-    """``H·tangents``, one dense tensor per source of ``call`` (the core of :func:`hvp`, also
-    traced inside the Lanczos loop of :mod:`tapekit._lanczos`)."""
-    sources = call.sources
-
-    def forward() -> list[tf.Tensor]:
-        with tf.autodiff.ForwardAccumulator(sources, tangents) as acc:
-            grads = _gradient(fn, call, "hvp")
-        return [acc.jvp(g, unconnected_gradients=_tensors.ZERO) for g in grads]
-
-    def reverse() -> list[Any]:  # d/dx <grad f(x), v>: also never forms H
-        with tf.GradientTape(watch_accessed_variables=False) as outer:
-            outer.watch(sources)
-            grads = _gradient(fn, call, "hvp")
-        return outer.gradient(
-            grads, sources, output_gradients=tangents, unconnected_gradients=_tensors.ZERO
-        )
-
-    return [_tensors.dense(p) for p in _vectorize.forward_or_reverse(forward, reverse)]
-
-
 def hvp_at(fn: Callable, call: _calls.Call) -> Callable[[list[tf.Tensor]], list[tf.Tensor]]:
     """``tangents -> H·tangents`` at one point, for many products in one graph (internal).
 
@@ -192,6 +171,20 @@ def hvp_at(fn: Callable, call: _calls.Call) -> Callable[[list[tf.Tensor]], list[
         return [_tensors.dense(p) for p in out]
 
     return products
+
+
+def hvp_products(fn: Callable, call: _calls.Call, tangents: list[tf.Tensor]) -> list[tf.Tensor]:
+    """``H·tangents``, one dense tensor per source of ``call`` (the core of :func:`hvp`, also
+    traced inside the Lanczos loop of :mod:`tapekit._lanczos`): forward-over-reverse, or,
+    where TensorFlow cannot run forward mode over the gradient, reverse over it
+    (:func:`hvp_at`)."""
+
+    def forward() -> list[tf.Tensor]:
+        with tf.autodiff.ForwardAccumulator(call.sources, tangents) as acc:
+            grads = _gradient(fn, call, "hvp")
+        return [_tensors.dense(acc.jvp(g, unconnected_gradients=_tensors.ZERO)) for g in grads]
+
+    return _vectorize.forward_or_reverse(forward, lambda: hvp_at(fn, call)(tangents))
 
 
 def _hvp_core(fn: Callable, call: _calls.Call) -> tuple[Any, ...]:
