@@ -277,3 +277,30 @@ def test_a_start_orthogonal_to_the_top_eigenvector_is_not_drawn():
         values, (vector,) = curvature.top_eigenvalues(f, x, seed=seed)
         np.testing.assert_allclose(values.numpy(), [8.0], rtol=1e-9)
         np.testing.assert_allclose(np.abs(vector.numpy()[0]), np.full(4, 0.5), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_a_lanczos_run_over_the_whole_space_finds_every_eigenvalue(dtype):
+    # 45 parameters in leaves of 5, 1, 3x13 (none a multiple of the 64-byte row alignment):
+    # the basis buffer grows 8 -> 16 -> 32 -> 45 rows and stays orthogonal to the end, so
+    # the tridiagonal T of the full run has exactly H's eigenvalues, each once.
+    from tapekit import _lanczos
+
+    rng = np.random.default_rng(3)
+    q = np.linalg.qr(rng.normal(size=(45, 45)))[0]
+    h = q @ np.diag(np.linspace(-3.0, 7.0, 45)) @ q.T
+    a = tf.constant(h, dtype)
+
+    def f(x, bias, w):
+        v = tf.concat([x, bias, tf.reshape(w, [-1])], 0)
+        return 0.5 * tf.tensordot(v, tf.linalg.matvec(a, v), 1)
+
+    primals = (tf.ones([5], dtype), tf.ones([1], dtype), tf.ones([3, 13], dtype))
+    op = _lanczos.HessianOperator(f, primals, "test")
+    run = _lanczos.lanczos(op, None, 45, seed=np.random.default_rng(0))
+    assert len(run.alpha) == 45 and run.vector.dtype == dtype.as_numpy_dtype
+    theta, _ = _lanczos.tridiagonal_eigh(run.alpha, run.beta)
+    rtol = 1e-4 if dtype == tf.float32 else 1e-10
+    np.testing.assert_allclose(theta, np.linspace(-3.0, 7.0, 45), rtol=rtol, atol=rtol * 7)
+    np.testing.assert_allclose(run.value, 7.0, rtol=rtol)
+    np.testing.assert_allclose(np.abs(run.vector @ q[:, -1]), 1.0, rtol=rtol)
