@@ -19,9 +19,9 @@ import tensorflow as tf
 from . import _calls, _compile, _vectorize
 from ._tensors import variable as _variable
 from .errors import describe_received
-from .hessians import hvp_at, hvp_products
+from .hessians import dense_gradient, hvp_at, hvp_products
 
-__all__ = ["HessianOperator", "Run", "lanczos", "quadratic_forms", "rademacher", "tridiagonal_eigh"]
+__all__ = ["HessianOperator", "Run", "lanczos", "quadratic_forms", "tridiagonal_eigh"]
 
 
 def _leaf(value: Any) -> Any:
@@ -67,29 +67,34 @@ class HessianOperator:
         self.dtype = widest  # of the returned values
         # Lanczos vectors are stored at the primals' precision (halves memory for float32).
         self.store = np.float64 if widest.size >= 8 else np.float32
+        self.width = sum(_aligned(size, self.store) for size in self.sizes)
 
-    def unflatten(self, flat: np.ndarray) -> tuple[Any, ...]:
-        """A flat vector (or a ``(k, n)`` stack) as tensors shaped like the primals."""
-        lead = flat.shape[:-1]
-        pieces, start = [], 0
-        for shape, size, dtype in zip(self.shapes, self.sizes, self.dtypes):
-            part = flat[..., start : start + size].reshape(lead + shape)
-            pieces.append(tf.constant(part, dtype=dtype))
-            start += size
-        return tuple(tf.nest.pack_sequence_as(self.primals, pieces))
-
-    def flatten(self, nest: Any) -> np.ndarray:
-        """Tensors shaped like the primals (optionally with a common leading axis), flat, in
-        the storage dtype."""
-        leaves = tf.nest.flatten(nest)
+    def starts(self, init: Any, k: int) -> list[tf.Tensor]:
+        """``init`` (vectors shaped like the primals, optionally with a leading axis, or None)
+        as one ``(k, *shape)`` tensor per leaf in the storage dtype: rows missing are zero
+        (a random start), extra rows are dropped."""
+        if init is None:
+            return [tf.zeros((k, *shape), self.store) for shape in self.shapes]
+        leaves = tf.nest.flatten(init)
         if len(leaves) != len(self.shapes):
             raise ValueError(
-                f"expected {len(self.shapes)} arrays shaped like the primals, received "
-                f"{len(leaves)}."
+                f"{self.what} needs `init` shaped like `primals` ({len(self.shapes)} arrays), "
+                f"but received {len(leaves)} arrays. Pass the vectors it returned before."
             )
-        arrays = [np.asarray(leaf, dtype=self.store) for leaf in leaves]
-        lead = arrays[0].shape[: arrays[0].ndim - len(self.shapes[0])]
-        return np.concatenate([a.reshape(lead + (-1,)) for a in arrays], axis=-1)
+        out = []
+        for leaf, shape in zip(leaves, self.shapes):
+            t = tf.cast(leaf, self.store)
+            t = t[None] if t.shape.rank == len(shape) else t
+            if tuple(t.shape[1:]) != shape:
+                raise ValueError(
+                    f"{self.what} needs each `init` array shaped like its primal {shape} "
+                    f"(with an optional leading axis), but received shape {tuple(leaf.shape)}."
+                )
+            rows = int(t.shape[0])
+            if rows < k:
+                t = tf.concat([t, tf.zeros((k - rows, *shape), self.store)], 0)
+            out.append(t[:k] if rows > k else t)
+        return out
 
     def run(self, transform: str, core: Callable, extra: list[tf.Tensor]) -> Any:
         """``core(fn, call)`` at the point, with ``extra`` tensors, compiled and cached per
@@ -99,12 +104,6 @@ class HessianOperator:
         )
         call.extra.extend(extra)
         return _compile.run(self.fn, transform, (), core, call, compile=True, jit_compile=False)
-
-
-def rademacher(rng: np.random.Generator, n: int, dtype: type = np.float64) -> np.ndarray:
-    """A vector of ``n`` independent random signs (from random bytes, 8 signs each)."""
-    bits = np.unpackbits(rng.integers(0, 256, size=(n + 7) // 8, dtype=np.uint8))[:n]
-    return bits.astype(dtype) * 2 - 1
 
 
 def tridiagonal_eigh(alpha: Sequence[float], beta: Sequence[float]) -> tuple:
@@ -117,57 +116,57 @@ def tridiagonal_eigh(alpha: Sequence[float], beta: Sequence[float]) -> tuple:
     return np.linalg.eigh(t)
 
 
-def dot(a: np.ndarray, b: np.ndarray) -> float:
-    """``a · b`` of two flat vectors without BLAS: multi-threaded BLAS competing with
-    TensorFlow's own threads is up to 100x slower for one long dot product (einsum is not)."""
-    return float(np.einsum("i,i->", a, b))
-
-
-def norm(w: np.ndarray) -> float:
-    """The Euclidean norm of a flat vector (see :func:`dot`)."""
-    return float(np.sqrt(dot(w, w)))
-
-
 class Run(NamedTuple):
     """One Lanczos run: the tridiagonal coefficients and the wanted Ritz pair.
 
     ``alpha`` (length m) and ``beta`` (length m, the last one the residual scale, 0 after a
-    breakdown) define T; ``value``/``vector`` are T's wanted Ritz pair (``vector`` a unit
-    vector of the operator's size, in its storage dtype) and ``residual`` is ``|H y - θ y|``.
+    breakdown) define T; ``value`` and ``leaves`` are T's wanted Ritz pair: a unit vector,
+    one ``(1, *shape)`` tensor per leaf of the primals in its dtype. ``vector`` is the same
+    vector in the loop's layout (a row for ``locked``), ``residual`` is ``|H y - θ y|``, and
+    ``gradient_norms`` are the gradient's norms at the point, one per leaf (the loop computes
+    the gradient anyway).
     """
 
     alpha: np.ndarray
     beta: np.ndarray
     value: float
-    vector: np.ndarray
+    leaves: list[tf.Tensor]
+    vector: tf.Tensor
     residual: float
+    gradient_norms: np.ndarray
 
 
 def lanczos(
     op: HessianOperator,
-    start: np.ndarray | None,
     steps: int,
     *,
     seed: np.random.Generator,
+    init: list[tf.Tensor] | None = None,
+    run: int = 0,
     noise: float = 1.0,
-    locked: np.ndarray | None = None,
+    signs: bool = False,
+    locked: tf.Tensor | None = None,
     tol: float = 0.0,
     which: str = "algebraic",
     capacity: int = 0,
 ) -> Run:
     """Lanczos with full reorthogonalisation over ``op``'s Hessian, in the complement of
-    ``locked``, all in one compiled call (see :func:`_lanczos_core`).
+    ``locked``, all in one compiled call (see :func:`_lanczos_loop`), the start included.
 
     Args:
         op: The Hessian operator (its function, point, sizes and storage dtype).
-        start: A starting direction (e.g. the previous eigenvector, of norm 1), or None.
         steps: At most this many iterations (Hessian-vector products).
-        seed: Draws the seed of the Gaussian vector added to ``start`` (drawn in the graph).
-        noise: Its norm (about): ``start + noise * g / sqrt(n)``; with no ``start``, the start
-            is Gaussian. Gaussian, not random signs: in few dimensions, sign vectors are
-            orthogonal to an eigenvector such as (1, 1, 1, 1) with a large probability, and
-            Lanczos would never see its eigenvalue.
-        locked: Orthonormal rows the Krylov space is kept orthogonal to (deflation).
+        seed: Draws the seed of the random part of the start (drawn in the graph).
+        init: Starting directions from :meth:`HessianOperator.starts` (e.g. the previous
+            eigenvectors; row ``run`` is used, normalised in the loop), or None.
+        run: The row of ``init``.
+        noise: The start is ``d / |d| + noise * g / sqrt(n)``, ``g`` Gaussian; with no (or a
+            zero) direction ``d``, the start is Gaussian. Gaussian, not random signs: in few
+            dimensions, sign vectors are orthogonal to an eigenvector such as (1, 1, 1, 1)
+            with a large probability, and Lanczos would never see its eigenvalue.
+        signs: Start from random signs instead (stochastic Lanczos quadrature).
+        locked: Orthonormal rows (``Run.vector`` of earlier runs) the Krylov space is kept
+            orthogonal to (deflation).
         tol: Stop once the wanted Ritz pair's residual is at most ``tol · |θ|``; 0 runs all
             ``steps`` (unless the Krylov space is exhausted).
         which: The wanted Ritz value: ``"algebraic"`` (largest) or ``"magnitude"``.
@@ -177,27 +176,31 @@ def lanczos(
     Returns:
         A :class:`Run`.
     """
-    rows = 0 if locked is None else locked.shape[0]
+    rows = 0 if locked is None else int(locked.shape[0])
     steps = max(1, min(int(steps), op.n - rows))
-    padded = np.zeros((max(rows, capacity), op.n), op.store)
+    padded = tf.zeros((max(rows, capacity) - rows, op.width), op.store)
     if rows:
-        padded[:rows] = locked
-    direction = np.zeros(op.n, op.store) if start is None else np.asarray(start, op.store)
+        padded = tf.concat([locked, padded], 0)
+    init = op.starts(None, 1) if init is None else init
     out = op.run(
         "lanczos",
         _lanczos_core,
         [
-            tf.constant(direction),
+            *init,
+            tf.constant(run, tf.int32),
             tf.constant(seed.integers(0, 2**31 - 1, size=2), tf.int64),
-            tf.constant(1.0 if start is None else float(noise), tf.float64),
-            tf.constant(padded),
+            tf.constant(float(noise), tf.float64),
+            tf.constant(bool(signs)),
+            padded,
             tf.constant(steps, tf.int32),
             tf.constant(float(tol), tf.float64),
             tf.constant(which == "magnitude"),
         ],
     )
-    alpha, beta, value, vector, residual = (t.numpy() for t in out)
-    return Run(alpha, beta, float(value), vector, float(residual))
+    alpha, beta, value, vector, residual, norms, *leaves = out
+    return Run(
+        alpha.numpy(), beta.numpy(), float(value), leaves, vector, float(residual), norms.numpy()
+    )
 
 
 def quadratic_forms(op: HessianOperator, samples: int, seed: np.random.Generator) -> np.ndarray:
@@ -276,6 +279,12 @@ def _orthogonalized(w: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor
     return tf.cond(after < 0.7 * before, again, lambda: (w, after))
 
 
+def _aligned(size: int, store: Any) -> int:
+    """``size`` elements of ``store`` rounded up to a multiple of 64 bytes."""
+    align = 64 // np.dtype(store).itemsize
+    return -(-size // align) * align
+
+
 class _Layout:
     """The loop's vectors: the sources flattened end to end, each padded with zeros to a
     multiple of 64 bytes. Then every row of the basis starts on an aligned address, so
@@ -285,8 +294,7 @@ class _Layout:
     def __init__(self, sources: Sequence[tf.Tensor], store: tf.DType) -> None:
         self.sources, self.store = list(sources), store
         self.sizes = [int(source.shape.num_elements()) for source in self.sources]
-        align = 64 // store.size
-        self.widths = [-(-size // align) * align for size in self.sizes]
+        self.widths = [_aligned(size, store.as_numpy_dtype) for size in self.sizes]
         self.width = sum(self.widths)
 
     def pad(self, flat: tf.Tensor) -> tf.Tensor:
@@ -295,11 +303,6 @@ class _Layout:
         pieces = tf.split(flat, self.sizes, axis=-1)
         padded = [tf.pad(p, lead + [[0, w - s]]) for p, s, w in self._zip(pieces)]
         return tf.concat(padded, -1)
-
-    def unpad(self, vector: tf.Tensor) -> tf.Tensor:
-        """A vector of this layout, flat again."""
-        pieces = tf.split(vector, self.widths)
-        return tf.concat([p[:s] for p, s, _ in self._zip(pieces)], 0)
 
     def tangents(self, vector: tf.Tensor) -> list[tf.Tensor]:
         """A vector of this layout as tensors shaped (and typed) like the sources."""
@@ -358,7 +361,14 @@ def _ritz(alphas: tf.Tensor, betas: tf.Tensor, magnitude: tf.Tensor) -> tuple:
 
 
 def _lanczos_core(fn: Callable, call: _calls.Call) -> tuple[tf.Tensor, ...]:
-    return _with_products(fn, call, lambda multiply: _lanczos_loop(call, multiply))
+    def loop(multiply: Callable) -> tuple[tf.Tensor, ...]:
+        grads = getattr(multiply, "gradient", None)  # hvp_at's, else (fallback) one more
+        grads = dense_gradient(fn, call, "top_eigenvalues") if grads is None else grads
+        norms = tf.stack([tf.norm(tf.cast(g, tf.float64)) for g in grads])
+        alpha, beta, value, y, residual, *leaves = _lanczos_loop(call, multiply)
+        return (alpha, beta, value, y, residual, norms, *leaves)
+
+    return _with_products(fn, call, loop)
 
 
 def _lanczos_loop(call: _calls.Call, multiply: Callable) -> tuple[tf.Tensor, ...]:
@@ -369,16 +379,33 @@ def _lanczos_loop(call: _calls.Call, multiply: Callable) -> tuple[tf.Tensor, ...
     over the basis per product; it halves a warm-started measurement of
     ``benchmarks/curvature.py``'s MLP. On that MLP, the aligned layout (:class:`_Layout`) and
     Gram-Schmidt twice in place of the three-term update take 15% off each iteration again."""
-    direction, seed, noise, locked, steps, tol, magnitude = call.extra
-    layout = _Layout(call.sources, direction.dtype)
-    size, store = int(direction.shape[0]), layout.store
-    gauss = tf.random.stateless_normal([size], seed, dtype=store)
-    start = layout.pad(direction + tf.cast(noise / np.sqrt(size), store) * gauss)
+    count = len(call.sources)
+    init, (run, seed, noise, signs, locked, steps, tol, magnitude) = (
+        call.extra[:count],
+        call.extra[count:],
+    )
+    layout = _Layout(call.sources, locked.dtype)
+    store, size = layout.store, sum(layout.sizes)
+    # The start: the direction's unit vector plus noise * g / sqrt(n), g Gaussian (Gaussian
+    # alone if the direction is 0), or random signs.
+    direction = layout.vector([leaf[run] for leaf in init])
+    length = tf.norm(direction)
+    warm = length > 0
+    direction = direction / tf.where(warm, length, tf.ones([], store))
+    noise = tf.cast(tf.where(warm, noise, tf.ones([], tf.float64)), store)
+
+    def gaussian() -> tf.Tensor:
+        g = tf.random.stateless_normal([size], seed, dtype=store)
+        return direction + noise / np.sqrt(size) * layout.pad(g)
+
+    def random_signs() -> tf.Tensor:
+        bits = tf.random.stateless_uniform([size], seed)
+        return layout.pad(tf.where(bits < 0.5, -tf.ones([], store), tf.ones([], store)))
+
+    start = tf.cond(signs, random_signs, lambda: tf.cond(noise > 0, gaussian, lambda: direction))
     eps = np.finfo(np.float64)
 
     deflate = locked.shape[0] > 0  # static: no ops at all for the first eigenvalue
-    if deflate:
-        locked = layout.pad(locked)
     q = _orthogonalized(start, locked)[0] if deflate else start
     q = q / tf.norm(q)
     basis = tf.raw_ops.Empty(shape=tf.stack([tf.minimum(steps, 8), layout.width]), dtype=store)
@@ -421,5 +448,7 @@ def _lanczos_loop(call: _calls.Call, multiply: Callable) -> tuple[tf.Tensor, ...
     theta, s, i = _ritz(alpha, beta[:-1], magnitude)
     last = tf.where(broke, tf.zeros([], tf.float64), beta[-1])  # 0: the space is exhausted
     beta = tf.concat([beta[:-1], tf.reshape(last, [1])], 0)
-    y = layout.unpad(tf.tensordot(tf.cast(s[:, i], store), basis[:m], 1))
-    return alpha, beta, theta[i], y / tf.norm(y), last * tf.abs(s[-1, i])
+    y = tf.tensordot(tf.cast(s[:, i], store), basis[:m], 1)
+    y = y / tf.norm(y)
+    leaves = [t[None] for t in layout.tangents(y)]
+    return (alpha, beta, theta[i], y, last * tf.abs(s[-1, i]), *leaves)

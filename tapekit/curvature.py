@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import _lanczos
-from ._lanczos import HessianOperator, lanczos, rademacher, tridiagonal_eigh
+from ._lanczos import HessianOperator, lanczos, tridiagonal_eigh
 from .errors import describe_received
 
 __all__ = ["density", "model_loss", "top_eigenvalues", "trace"]
@@ -97,6 +97,23 @@ def top_eigenvalues(
         (array([6., 2.]), array([[0., 1., 0.],
                [1., 0., 0.]]))
     """
+    values, vectors, _ = top_eigenpairs(fn, primals, k, which, max_iters, tol, seed, init)
+    return values, vectors
+
+
+def top_eigenpairs(
+    fn: Callable,
+    primals: Sequence[Any],
+    k: int,
+    which: str,
+    max_iters: int,
+    tol: float,
+    seed: int | None,
+    init: Any,
+) -> tuple[tf.Tensor, tuple[Any, ...], np.ndarray]:
+    """:func:`top_eigenvalues` (same arguments, internal), and the norms of the gradient at
+    the point, one per leaf of the primals: the Lanczos loop computes the gradient anyway
+    (``CurvatureMonitor`` logs them)."""
     op = HessianOperator(fn, primals, "top_eigenvalues")
     k = _check_count(k, "k", "top_eigenvalues")
     max_iters = _check_count(max_iters, "max_iters", "top_eigenvalues")
@@ -112,20 +129,19 @@ def top_eigenvalues(
             f"top_eigenvalues: k={k} exceeds the number of parameters ({op.n}) of `primals`; "
             f"the Hessian has only {op.n} eigenvalues. Ask for k <= {op.n}."
         )
-    starts = np.zeros((0, op.n), op.store) if init is None else np.atleast_2d(op.flatten(init))
+    starts = op.starts(init, k)  # zero rows: random starts
     rng = np.random.default_rng(seed)
-    locked = np.zeros((0, op.n), op.store)
-    values: list[float] = []
-    worst = 0.0
+    locked, values, found_leaves = None, [], []
+    worst, norms = 0.0, None
     for run in range(k):
-        start, warm = None, _lanczos.norm(starts[run]) if run < starts.shape[0] else 0.0
-        if warm > 0:  # a warm start, with a little of a random vector so no direction is missing
-            start = starts[run] / np.asarray(warm, op.store)
+        # a warm start (normalised in the loop) with a little of a random vector, so that no
+        # direction is missing, or a random one
         found = lanczos(
             op,
-            start,
             max_iters,
             seed=rng,
+            init=starts,
+            run=run,
             noise=0.01,
             locked=locked,
             tol=tol,
@@ -134,18 +150,26 @@ def top_eigenvalues(
         )
         worst = max(worst, found.residual / max(abs(found.value), np.finfo(np.float64).tiny))
         values.append(found.value)
-        locked = np.concatenate([locked, found.vector[None]])
+        found_leaves.append(found.leaves)
+        if run < k - 1:  # the next runs are kept orthogonal to it
+            row = found.vector[None]
+            locked = row if locked is None else tf.concat([locked, row], 0)
+        norms = found.gradient_norms if norms is None else norms
     if worst > tol:
         warnings.warn(
             f"top_eigenvalues did not reach tol={tol} in max_iters={max_iters} Hessian-vector "
             f"products per eigenvalue (relative residual {worst:.2e}). Raise max_iters or tol.",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     key = np.array(values) if which == "algebraic" else np.abs(values)
     order = np.argsort(-key, kind="stable")
     vals = tf.constant(np.array(values)[order], dtype=op.dtype)
-    return vals, op.unflatten(locked[order])
+    if k == 1:
+        leaves = found_leaves[0]
+    else:
+        leaves = [tf.concat([found_leaves[i][j] for i in order], 0) for j in range(len(op.shapes))]
+    return vals, tuple(tf.nest.pack_sequence_as(op.primals, leaves)), norms
 
 
 def trace(
@@ -196,7 +220,7 @@ def _density_nodes(op: HessianOperator, steps: int, runs: int, seed: int | None)
     nodes, weights = [], []
     for _ in range(runs):
         # random signs, as PyHessian: a lower-variance quadrature than Gaussian vectors
-        found = lanczos(op, rademacher(rng, op.n, op.store), steps, seed=rng, noise=0.0)
+        found = lanczos(op, steps, seed=rng, signs=True)
         theta, s = tridiagonal_eigh(found.alpha, found.beta)
         nodes.append(theta)
         weights.append(s[0] ** 2 / runs)  # each run's weights sum to 1

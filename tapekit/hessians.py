@@ -31,7 +31,7 @@ def _scalar(fn: Callable, call: _calls.Call, transform: str) -> tf.Tensor:
     return value
 
 
-def _gradient(fn: Callable, call: _calls.Call, what: str) -> list[tf.Tensor]:
+def dense_gradient(fn: Callable, call: _calls.Call, what: str) -> list[tf.Tensor]:
     """The dense gradient of scalar ``fn`` w.r.t. ``call.sources`` (recorded by enclosing tapes)."""
     with tf.GradientTape(watch_accessed_variables=False) as inner:
         inner.watch(call.sources)
@@ -48,7 +48,7 @@ def _hessian_core(single: bool, mode: str, chunk_size: int | None, has_aux: bool
         def forward() -> list[list[tf.Tensor]]:
             def jvp(tangents: list[tf.Tensor]) -> list[tf.Tensor]:
                 with tf.autodiff.ForwardAccumulator(sources, tangents) as acc:
-                    grads = _gradient(fn, call, "hessian")
+                    grads = dense_gradient(fn, call, "hessian")
                 return [
                     _tensors.dense(acc.jvp(g, unconnected_gradients=_tensors.ZERO)) for g in grads
                 ]
@@ -60,7 +60,7 @@ def _hessian_core(single: bool, mode: str, chunk_size: int | None, has_aux: bool
             outer = tf.GradientTape(persistent=True, watch_accessed_variables=False)
             with outer:
                 outer.watch(sources)
-                grads = _gradient(fn, call, "hessian")
+                grads = dense_gradient(fn, call, "hessian")
 
             def vjp(cotangents: list[tf.Tensor]) -> list[Any]:
                 return outer.gradient(
@@ -162,7 +162,7 @@ def hvp_at(fn: Callable, call: _calls.Call) -> Callable[[list[tf.Tensor]], list[
     sources = call.sources
     with tf.GradientTape(watch_accessed_variables=False, persistent=True) as outer:
         outer.watch(sources)
-        grads = _gradient(fn, call, "hvp")
+        grads = dense_gradient(fn, call, "hvp")
 
     def products(tangents: list[tf.Tensor]) -> list[tf.Tensor]:
         out = outer.gradient(
@@ -170,6 +170,7 @@ def hvp_at(fn: Callable, call: _calls.Call) -> Callable[[list[tf.Tensor]], list[
         )
         return [_tensors.dense(p) for p in out]
 
+    products.gradient = grads  # type: ignore[attr-defined]  # (the Lanczos loop reports its norms)
     return products
 
 
@@ -181,7 +182,7 @@ def hvp_products(fn: Callable, call: _calls.Call, tangents: list[tf.Tensor]) -> 
 
     def forward() -> list[tf.Tensor]:
         with tf.autodiff.ForwardAccumulator(call.sources, tangents) as acc:
-            grads = _gradient(fn, call, "hvp")
+            grads = dense_gradient(fn, call, "hvp")
         return [_tensors.dense(acc.jvp(g, unconnected_gradients=_tensors.ZERO)) for g in grads]
 
     return _vectorize.forward_or_reverse(forward, lambda: hvp_at(fn, call)(tangents))

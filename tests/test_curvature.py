@@ -217,6 +217,13 @@ def test_errors_name_the_argument_and_the_fix(point):
         curvature.density(lambda x: tf.reduce_sum(x), (tf.constant([1, 2]),))
     with pytest.warns(RuntimeWarning, match="did not reach tol=1e-06 in max_iters=2"):
         curvature.top_eigenvalues(mlp_loss, (params,), max_iters=2, tol=1e-6, seed=0)
+    with pytest.raises(ValueError, match=r"`init` shaped like `primals` \(6 arrays\).*received 5"):
+        curvature.top_eigenvalues(mlp_loss, (params,), init=(list(params[:5]),))
+    wrong = [tf.zeros((2, 3)), *params[1:]]
+    with pytest.raises(
+        ValueError, match=r"shaped like its primal \(4, 16\).*received shape \(2, 3\)"
+    ):
+        curvature.top_eigenvalues(mlp_loss, (params,), init=(wrong,))
 
 
 def test_top_eigenvalues_match_an_independent_jax_hessian(point):
@@ -297,10 +304,11 @@ def test_a_lanczos_run_over_the_whole_space_finds_every_eigenvalue(dtype):
 
     primals = (tf.ones([5], dtype), tf.ones([1], dtype), tf.ones([3, 13], dtype))
     op = _lanczos.HessianOperator(f, primals, "test")
-    run = _lanczos.lanczos(op, None, 45, seed=np.random.default_rng(0))
-    assert len(run.alpha) == 45 and run.vector.dtype == dtype.as_numpy_dtype
+    run = _lanczos.lanczos(op, 45, seed=np.random.default_rng(0))
+    vector = np.concatenate([leaf.numpy().reshape(-1) for leaf in run.leaves])
+    assert len(run.alpha) == 45 and vector.dtype == dtype.as_numpy_dtype
     theta, _ = _lanczos.tridiagonal_eigh(run.alpha, run.beta)
     rtol = 1e-4 if dtype == tf.float32 else 1e-10
     np.testing.assert_allclose(theta, np.linspace(-3.0, 7.0, 45), rtol=rtol, atol=rtol * 7)
     np.testing.assert_allclose(run.value, 7.0, rtol=rtol)
-    np.testing.assert_allclose(np.abs(run.vector @ q[:, -1]), 1.0, rtol=rtol)
+    np.testing.assert_allclose(np.abs(vector @ q[:, -1]), 1.0, rtol=rtol)

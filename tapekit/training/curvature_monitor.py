@@ -173,21 +173,13 @@ class CurvatureMonitor(Callback):
         watched = [tf_variable(v) for v in self._variables]
 
         @tf.function(autograph=False)
-        def gradient_norms() -> list[tf.Tensor]:  # compiled: a measurement's cheap part
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(watched)
-                loss = fn(None)
-            grads = tape.gradient(loss, watched)
-            return [tf.zeros([]) if g is None else tf.norm(tf.convert_to_tensor(g)) for g in grads]
-
-        @tf.function(autograph=False)
         def update_ratios(before: list[tf.Tensor]) -> list[tf.Tensor]:
             return [
                 tf.norm(v - w0) / tf.maximum(tf.norm(w0), np.finfo(np.float32).tiny)
                 for v, w0 in zip(watched, before)
             ]
 
-        self._gradient_norms, self._update_ratio_fn = gradient_norms, update_ratios
+        self._update_ratio_fn = update_ratios
         self._snapshot = tf.function(lambda: [tf.identity(v) for v in watched], autograph=False)
         self._batch = batch
         if self.noise_scale:
@@ -262,14 +254,16 @@ class CurvatureMonitor(Callback):
         self._last = step
         if not self._chief:
             return
-        values, vectors = _curvature.top_eigenvalues(
+        # (the Lanczos loop computes the gradient too: its norms are the gradient flow's)
+        values, vectors, gradient_norms = _curvature.top_eigenpairs(
             self._fn,
             self._primals,
             self.k,
-            max_iters=self.max_iters,
-            tol=self.tol,
-            seed=self.seed,
-            init=self._vectors,
+            "algebraic",
+            self.max_iters,
+            self.tol,
+            self.seed,
+            self._vectors,
         )
         self._vectors = vectors
         scalars = {
@@ -290,7 +284,7 @@ class CurvatureMonitor(Callback):
         self._record(step, scalars)
         if self.density:
             self._write_density(step)
-        self._write_flow(step)
+        self._write_flow(step, gradient_norms)
 
     def _write_density(self, step: int) -> None:
         grid, dens = _curvature.density(
@@ -314,8 +308,8 @@ class CurvatureMonitor(Callback):
         with self._writers.writer("train").as_default():
             tf.summary.write("curvature/density", tf.constant(buckets), step=step, metadata=meta)
 
-    def _write_flow(self, step: int) -> None:
-        self._flow.append(np.array([float(n) for n in self._gradient_norms()]))
+    def _write_flow(self, step: int, gradient_norms: np.ndarray) -> None:
+        self._flow.append(np.asarray(gradient_norms, np.float64))
         self._flow_steps.append(step)
         del self._flow[:-_HISTORY_COLUMNS], self._flow_steps[:-_HISTORY_COLUMNS]
         if self._writers is None:
