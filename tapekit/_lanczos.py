@@ -3,9 +3,12 @@
 :func:`lanczos` runs a whole Lanczos run in one compiled call (a ``tf.while_loop`` over the
 Hessian-vector products of :func:`tapekit.hessians.hvp_at`, with full
 reorthogonalisation and the convergence test in the graph), cached per function like
-``hvp``: no host round trip per product. :class:`HessianOperator` holds the point (the primals
-flattened end to end, in ``tf.nest.flatten`` order); :func:`quadratic_forms` gives the
-Hutchinson samples ``zᵀHz`` the same way. Used by :mod:`tapekit.curvature`.
+``hvp``: no host round trip per product, and no vector through NumPy (starts are made in the
+call, results leave it shaped like the primals). :class:`HessianOperator` holds the point, its
+shapes and dtypes; inside the loop, vectors are the primals flattened end to end in
+``tf.nest.flatten`` order, each leaf padded to 64 bytes (:class:`_Layout`).
+:func:`quadratic_forms` gives the Hutchinson samples ``zᵀHz`` the same way. Used by
+:mod:`tapekit.curvature`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def _leaf(value: Any) -> Any:
 
 
 class HessianOperator:
-    """The Hessian of scalar ``fn`` at ``primals``: the point, its flat layout and dtypes.
+    """The Hessian of scalar ``fn`` at ``primals``: the point, its sizes, dtypes and width.
 
     Args:
         fn: A function of ``len(primals)`` arguments returning a float scalar.
