@@ -12,7 +12,8 @@ jobs share the CPUs, so single figures are noisy.
 3. ``Trainer.fit`` with ``CurvatureMonitor(every=100, k=1)`` against the same fit without it
    (target <= 10% more time), and the plain Trainer at 1 step per call, which is what a step
    callback costs by itself; also the Lanczos iterations (Hessian-vector products) per
-   measurement and what they alone cost;
+   measurement and what they alone cost, and what ending the compiled calls where the monitor
+   does (for its one-step update ratio) costs alone;
 4. default logging (``log_every=10``, ``histogram_every=100``) against logging off (issue 14
    asks <= 3%; this only measures it).
 
@@ -169,6 +170,16 @@ def _iteration_ms(batch: object) -> float:
     return statistics.median(times[1:]) / iterations * 1e3  # times[0]: tracing
 
 
+class _EndsCalls(tapekit.Callback):
+    """Ends the Trainer's compiled calls where ``CurvatureMonitor(every=100)`` does (the step
+    before each multiple of 100, and that step) and does nothing else: what those call ends
+    cost by themselves."""
+
+    def next_step_end(self, step: int) -> int | None:
+        due = (step // 100 + 1) * 100
+        return due - 1 if step < due - 1 else due
+
+
 def training_overheads(ds: tf.data.Dataset, rounds: int, epochs: int) -> None:
     batch = next(iter(ds))
     logdir = tempfile.mkdtemp(prefix="tapekit-bench-curv-")
@@ -177,6 +188,7 @@ def training_overheads(ds: tf.data.Dataset, rounds: int, epochs: int) -> None:
         "Trainer (default, up to 64 steps/call)": lambda: _trainer(ds),
         "Trainer steps_per_execution=1": lambda: _trainer(ds, steps_per_execution=1),
         "Trainer + CurvatureMonitor(every=100, k=1)": lambda: _trainer(ds, [monitor]),
+        "Trainer + only the monitor's call ends": lambda: _trainer(ds, [_EndsCalls()]),
         "Trainer + logging (log_every=10, hist 100)": lambda: _trainer(ds, logdir=logdir),
     }
     runners = {}
@@ -200,6 +212,7 @@ def training_overheads(ds: tf.data.Dataset, rounds: int, epochs: int) -> None:
     b = med["Trainer (default, up to 64 steps/call)"]
     overhead = med["Trainer + CurvatureMonitor(every=100, k=1)"] / b - 1
     one_step = med["Trainer steps_per_execution=1"] / b - 1
+    ends = med["Trainer + only the monitor's call ends"] / b - 1
     logging = med["Trainer + logging (log_every=10, hist 100)"] / b - 1
     print(
         f"CurvatureMonitor overhead: {overhead:+.1%} (target <= 10%); 1 step/call: {one_step:+.1%}"
@@ -212,6 +225,7 @@ def training_overheads(ds: tf.data.Dataset, rounds: int, epochs: int) -> None:
         f"one iteration {iteration:.2f} ms = {iteration / step_ms:.2f} training steps: the "
         f"iterations alone cost {per * iteration / (100 * step_ms):+.1%}"
     )
+    print(f"  ending the calls where the monitor does, alone: {ends:+.1%}")
     print(f"default logging overhead: {logging:+.1%} (issue target <= 3%)")
 
 

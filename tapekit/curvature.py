@@ -85,8 +85,8 @@ def top_eigenvalues(
 
     Raises:
         TypeError: If ``fn`` is not callable, ``primals`` is not a tuple or not floating point.
-        ValueError: If ``k`` exceeds the number of parameters, or ``which``, ``max_iters`` or
-            ``tol`` are invalid.
+        ValueError: If ``k`` exceeds the number of parameters, if ``which``, ``max_iters`` or
+            ``tol`` are invalid, or if ``init`` is not shaped like the primals.
 
     Example:
         >>> import tensorflow as tf, tapekit
