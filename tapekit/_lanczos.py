@@ -367,7 +367,8 @@ def _lanczos_core(fn: Callable, call: _calls.Call) -> tuple[tf.Tensor, ...]:
     def loop(multiply: Callable) -> tuple[tf.Tensor, ...]:
         grads = getattr(multiply, "gradient", None)  # hvp_at's, else (fallback) one more
         grads = dense_gradient(fn, call, "top_eigenvalues") if grads is None else grads
-        norms = tf.stack([tf.norm(tf.cast(g, tf.float64)) for g in grads])
+        wide = [g if g.dtype.size >= 4 else tf.cast(g, tf.float32) for g in grads]  # no overflow
+        norms = tf.stack([tf.cast(tf.norm(g), tf.float64) for g in wide])
         alpha, beta, value, y, residual, *leaves = _lanczos_loop(call, multiply)
         return (alpha, beta, value, y, residual, norms, *leaves)
 
