@@ -312,3 +312,16 @@ def test_a_lanczos_run_over_the_whole_space_finds_every_eigenvalue(dtype):
     np.testing.assert_allclose(theta, np.linspace(-3.0, 7.0, 45), rtol=rtol, atol=rtol * 7)
     np.testing.assert_allclose(run.value, 7.0, rtol=rtol)
     np.testing.assert_allclose(np.abs(vector @ q[:, -1]), 1.0, rtol=rtol)
+
+
+def test_init_with_more_fewer_or_no_leading_rows_still_finds_the_top_eigenvalues(point):
+    params, exact, _, _ = point
+    want = exact[::-1][:3]
+    values, vectors = curvature.top_eigenvalues(mlp_loss, (params,), k=3, seed=0)
+    two, _ = curvature.top_eigenvalues(mlp_loss, (params,), k=2, init=vectors, seed=1)
+    np.testing.assert_allclose(two.numpy(), want[:2], rtol=1e-3)  # extra rows are dropped
+    first = tf.nest.map_structure(lambda v: v[0], vectors)  # no leading axis
+    three, again = curvature.top_eigenvalues(mlp_loss, (params,), k=3, init=first, seed=2)
+    np.testing.assert_allclose(three.numpy(), want, rtol=1e-3)  # missing rows: random starts
+    assert [tuple(v.shape) for v in again[0]] == [(3, *s) for s in SIZES]
+    np.testing.assert_allclose(_flat(again[0]) @ _flat(again[0]).T, np.eye(3), atol=1e-6)
