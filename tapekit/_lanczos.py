@@ -237,12 +237,14 @@ def _quadratic_core(fn: Callable, call: _calls.Call) -> tf.Tensor:
 
     def loop(multiply: Callable) -> tf.Tensor:
         def body(i: tf.Tensor, quads: tf.TensorArray) -> tuple:
-            signs = []
-            for k, source in enumerate(sources):
-                bits = tf.random.stateless_uniform(
-                    source.shape, tf.stack([seed[0] + tf.cast(i, tf.int64), seed[1] + k])
+            signs = [
+                _signs(
+                    source.shape,
+                    tf.stack([seed[0] + tf.cast(i, tf.int64), seed[1] + k]),
+                    source.dtype,
                 )
-                signs.append(tf.cast(tf.where(bits < 0.5, -1.0, 1.0), source.dtype))
+                for k, source in enumerate(sources)
+            ]
             products = multiply(signs)
             quad = tf.add_n(
                 [
@@ -262,24 +264,18 @@ def _quadratic_core(fn: Callable, call: _calls.Call) -> tf.Tensor:
     return _with_products(fn, call, loop)
 
 
-def _project_out(w: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
-    """``w`` minus its projection on the orthonormal ``rows`` (one classical Gram-Schmidt
-    pass; ``tensordot`` is a matrix product, faster here than ``matvec`` with a transpose)."""
-    return w - tf.tensordot(tf.tensordot(rows, w, 1), rows, 1)
+def _signs(shape: Any, seed: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """Independent random signs (stateless, seeded by ``seed``)."""
+    bits = tf.random.stateless_uniform(shape, seed)
+    return tf.where(bits < 0.5, -tf.ones([], dtype), tf.ones([], dtype))
 
 
-def _orthogonalized(w: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """``w`` orthogonal to ``rows``, and its norm: a second pass when the first cancelled
-    most of ``w`` (the DGKS criterion), so no orthogonality is lost in float32."""
-    before = tf.norm(w)
-    w = _project_out(w, rows)
-    after = tf.norm(w)
-
-    def again() -> tuple[tf.Tensor, tf.Tensor]:
-        w2 = _project_out(w, rows)
-        return w2, tf.norm(w2)
-
-    return tf.cond(after < 0.7 * before, again, lambda: (w, after))
+def _project_out(w: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``w`` minus its projection on the orthonormal ``rows``, and the coefficients ``rows·w``
+    (one classical Gram-Schmidt pass; ``tensordot`` is a matrix product, faster here than
+    ``matvec`` with a transpose). Two passes ("twice is enough") keep float32 orthogonal."""
+    c = tf.tensordot(rows, w, 1)
+    return w - tf.tensordot(c, rows, 1), c
 
 
 def _aligned(size: int, store: Any) -> int:
@@ -301,11 +297,9 @@ class _Layout:
         self.width = sum(self.widths)
 
     def pad(self, flat: tf.Tensor) -> tf.Tensor:
-        """Flat vectors (the last axis, ``tf.nest.flatten`` order) in this layout."""
-        lead = [[0, 0]] * (flat.shape.rank - 1)
-        pieces = tf.split(flat, self.sizes, axis=-1)
-        padded = [tf.pad(p, lead + [[0, w - s]]) for p, s, w in self._zip(pieces)]
-        return tf.concat(padded, -1)
+        """A flat vector (``tf.nest.flatten`` order) in this layout."""
+        pieces = tf.split(flat, self.sizes)
+        return tf.concat([tf.pad(p, [[0, w - s]]) for p, s, w in self._zip(pieces)], 0)
 
     def tangents(self, vector: tf.Tensor) -> list[tf.Tensor]:
         """A vector of this layout as tensors shaped (and typed) like the sources."""
@@ -402,15 +396,15 @@ def _lanczos_loop(call: _calls.Call, multiply: Callable) -> tuple[tf.Tensor, ...
         g = tf.random.stateless_normal([size], seed, dtype=store)
         return direction + noise / np.sqrt(size) * layout.pad(g)
 
-    def random_signs() -> tf.Tensor:
-        bits = tf.random.stateless_uniform([size], seed)
-        return layout.pad(tf.where(bits < 0.5, -tf.ones([], store), tf.ones([], store)))
-
-    start = tf.cond(signs, random_signs, lambda: tf.cond(noise > 0, gaussian, lambda: direction))
+    start = tf.cond(
+        signs,
+        lambda: layout.pad(_signs([size], seed, store)),
+        lambda: tf.cond(noise > 0, gaussian, lambda: direction),
+    )
     eps = np.finfo(np.float64)
 
     deflate = locked.shape[0] > 0  # static: no ops at all for the first eigenvalue
-    q = _orthogonalized(start, locked)[0] if deflate else start
+    q = _project_out(_project_out(start, locked)[0], locked)[0] if deflate else start
     q = q / tf.norm(q)
     basis = tf.raw_ops.Empty(shape=tf.stack([tf.minimum(steps, 8), layout.width]), dtype=store)
     alphas = tf.TensorArray(tf.float64, size=steps)
@@ -425,10 +419,8 @@ def _lanczos_loop(call: _calls.Call, multiply: Callable) -> tuple[tf.Tensor, ...
         # Full reorthogonalisation by classical Gram-Schmidt twice ("twice is enough"): the
         # first pass takes the recurrence's a = q·w and β·previous with it, the second removes
         # what rounding left. No separate dot product, three-term update or test on the path.
-        c1 = tf.tensordot(rows, w, 1)
-        w = w - tf.tensordot(c1, rows, 1)
-        c2 = tf.tensordot(rows, w, 1)
-        w = w - tf.tensordot(c2, rows, 1)
+        w, c1 = _project_out(w, rows)
+        w, c2 = _project_out(w, rows)
         a, b = c1[-1] + c2[-1], tf.norm(w)  # q is the last row
         a, b = tf.cast(a, tf.float64), tf.cast(b, tf.float64)
         alphas, betas = alphas.write(j, a), betas.write(j, b)
