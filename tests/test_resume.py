@@ -78,6 +78,47 @@ def test_fit_one_epoch_then_three_equals_fit_three():
     np.testing.assert_array_equal(first["loss"] + rest["loss"], ref_hist["loss"])
 
 
+def test_fits_on_one_dataset_continue_its_stream_without_replaying_it():
+    # A reshuffling dataset that counts the examples its pipeline produces: a continued fit
+    # goes on with the same iterator (an uninterrupted stream), it does not rebuild the stream
+    # and replay the batches consumed so far; a stopped one (max steps) continues exactly too.
+    produced = tf.Variable(0, dtype=tf.int64)
+
+    def counted(x, y):
+        produced.assign_add(1)
+        return x, y
+
+    options = tf.data.Options()  # no reading ahead: `produced` counts the batches pulled
+    options.autotune.enabled = False
+    options.experimental_optimization.inject_prefetch = False
+
+    def dataset() -> tf.data.Dataset:  # each object has its own shuffle seed stream
+        return (
+            tf.data.Dataset.from_tensor_slices(_data())
+            .shuffle(64, seed=1, reshuffle_each_iteration=True)
+            .map(counted)
+            .batch(16)
+            .with_options(options)
+        )
+
+    ref = _trainer()
+    ref_hist = ref.fit(dataset(), epochs=4, verbose=0)
+    trainer, ds = _trainer(), dataset()
+    produced.assign(0)
+    first = trainer.fit(ds, epochs=1, verbose=0)
+    after_first = int(produced.numpy())
+    rest = trainer.fit(ds, epochs=4, verbose=0)
+    assert trainer.global_step == ref.global_step == 16
+    _equal(trainer.get_weights(), ref.get_weights())
+    np.testing.assert_array_equal(first["loss"] + rest["loss"], ref_hist["loss"])
+    # 4 epochs of 64 examples, each produced once (a rebuilt stream would replay epoch 1).
+    assert after_first == 64 and int(produced.numpy()) == 4 * 64
+    # Any other data (here arrays) builds a new stream (at its first batch: a new epoch).
+    with pytest.warns(UserWarning, match="training data changed"):
+        again = trainer.fit(_data(), epochs=5, batch_size=16, verbose=0)
+    assert again.epochs == [4] and trainer.global_step == 20
+
+
 def test_fit_continues_exactly_after_an_exception_inside_it():
     ref, ref_hist = _reference()
     stop = _Interrupt(6)  # epoch 2, step 2 of 4

@@ -9,11 +9,15 @@ averages), at checkpoints, and when an error is raised.
 Data position. The training stream is the (seeded, reshuffled each epoch) dataset repeated;
 ``TrainState.position`` counts the batches consumed from it and ``TrainState.data_meta``
 records what they were (batch size, examples, batches per epoch, steps per epoch,
-accumulation). Every ``fit`` rebuilds the stream and skips ``position`` batches, so a run
-continued in the same process (after ``fit`` returned or raised) and a run resumed from a
-checkpoint both continue at the next example of an uninterrupted run. If the data changed
-(different batch size, length or steps per epoch): at an epoch boundary the new data starts at
-its first example (with a warning: its shuffle order is not the old one); mid-epoch it is
+accumulation). A ``fit`` on the same ``tf.data.Dataset`` object as the last one, which ended
+normally, continues that fit's iterator. Any other ``fit`` (arrays, other data, after an error,
+after a resume) rebuilds the stream and skips ``position`` batches, which replays them through
+the input pipeline. So a run continued in the same process and a run resumed from a checkpoint
+both continue at the next example of an uninterrupted run. (A dataset that shuffles with
+``reshuffle_each_iteration`` draws a new order for every new iterator: after a ``fit`` that
+raised, pass a freshly built one to continue exactly, as a resumed process does.) If the data
+changed (different batch size, length or steps per epoch): at an epoch boundary the new data
+starts at its first example (with a warning: its shuffle order is not the old one); mid-epoch it is
 refused with an error that says what changed, because no position would be right.
 """
 
@@ -69,6 +73,11 @@ class FitLoop:
         self.accumulate, self.steps_per_execution = accumulate, steps_per_execution
         self.remaining_steps: int | None = None
         self._consts: dict[int, tf.Tensor] = {}
+        # (dataset, meta, position, iterator) of the last fit that ended cleanly: a fit on the
+        # same tf.data.Dataset object continues that iterator instead of skipping `position`
+        # batches of a new one (which replays the input pipeline: seconds after many epochs).
+        self._kept: tuple | None = None
+        self._user_dataset = False
 
     def _constant(self, n: int) -> tf.Tensor:
         value = self._consts.get(n)
@@ -82,6 +91,7 @@ class FitLoop:
         self, data: Any, *, batch_size: int | None, steps_per_epoch: int | None, shuffle: bool
     ) -> tuple[tf.data.Dataset | None, int, list[int] | None]:
         """``(dataset, steps per epoch, data meta)`` for ``data`` (``None``: no data)."""
+        self._user_dataset = isinstance(data, tf.data.Dataset)  # (arrays: a new pipeline)
         if data is None:
             if steps_per_epoch is None:
                 raise ValueError(
@@ -141,6 +151,9 @@ class FitLoop:
         if ds is None:
             return None
         skip = self._position(meta)
+        kept, self._kept = self._kept, None
+        if kept is not None and kept[0] is ds and kept[1] == meta and kept[2] == skip:
+            return kept[3]  # the last fit's stream, at the very next batch: nothing to skip
         stream = ds.repeat()
         if skip:
             stream = stream.skip(skip)
@@ -287,6 +300,8 @@ class FitLoop:
             if hook is not None:
                 hook.flush()
             callbacks.on_train_end()
+            if iterator is not None and self._user_dataset:
+                self._kept = (ds, meta, int(state.position.numpy()), iterator)
         except BaseException:
             done = int(state.step.numpy()) - step  # steps the failing call completed
             state.epoch_step.assign(in_epoch + done)
