@@ -41,7 +41,14 @@ def make_data() -> tf.data.Dataset:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(N, 784)).astype("float32")
     y = rng.integers(0, 10, size=N).astype("int64")
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).cache().prefetch(2)
+    # tf.data's autotuning off, for every configuration alike: on this 2-vCPU VM it puts some
+    # iterators into a mode of exactly 5 ms per step (keras fit and Trainer alike, 10-40% of
+    # fits), and a Trainer keeps its iterator from one fit to the next, so such a mode would
+    # weigh on one configuration for a whole run. Measured: not slower with it off.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).cache().prefetch(2)
+    return ds.with_options(options)
 
 
 def make_model() -> keras.Model:
