@@ -119,6 +119,24 @@ def test_fits_on_one_dataset_continue_its_stream_without_replaying_it():
     assert again.epochs == [4] and trainer.global_step == 20
 
 
+def test_the_array_stream_starts_at_any_position_without_replaying_the_batches_before():
+    from tapekit.training.data import array_stream
+
+    x = {"a": np.arange(10), "b": np.arange(10) * 10.0}  # 4 batches of 3 per pass (3, 3, 3, 1)
+    full = [b for b in array_stream(x, batch_size=3, shuffle=True, seed=5).take(12)]
+    for k in range(12):  # the stream built at position k is the full stream from batch k on
+        (first,) = array_stream(x, batch_size=3, shuffle=True, seed=5, start=k).take(1)
+        np.testing.assert_array_equal(first["a"], full[k]["a"])
+        np.testing.assert_array_equal(first["b"], full[k]["b"])
+    passes = [np.concatenate([b["a"].numpy() for b in full[i : i + 4]]) for i in (0, 4, 8)]
+    for p in passes:  # every pass is all examples once, in an order of its own
+        assert sorted(p.tolist()) == list(range(10)) and p.tolist() != list(range(10))
+    assert passes[0].tolist() != passes[1].tolist() != passes[2].tolist()
+    # Position 10^12 (a replay would take days): a batch of that pass, right away.
+    (far,) = array_stream(x, batch_size=3, shuffle=True, seed=5, start=4 * 10**12 + 3).take(1)
+    assert far["a"].shape == (1,) and 0 <= int(far["a"][0]) < 10
+
+
 def test_fit_continues_exactly_after_an_exception_inside_it():
     ref, ref_hist = _reference()
     stop = _Interrupt(6)  # epoch 2, step 2 of 4

@@ -1,10 +1,10 @@
 """Turning user data into ``tf.data`` pipelines, and where a distributed run keeps its data.
 
 The Trainer accepts a ``tf.data.Dataset`` or anything ``Dataset.from_tensor_slices`` understands
-(an array, a tuple/dict of arrays). Arrays are shuffled with a seeded, reshuffle-each-epoch
-buffer and batched *before* ``repeat()``, so each epoch is one pass with one partial last batch,
-and skipping ``n`` elements of the repeated stream reproduces any position exactly (that is how
-a resumed run finds its place). ``distribute`` hands the stream to the strategy: each global
+(an array, a tuple/dict of arrays). The training stream of arrays (:func:`array_stream`) is
+pass after pass, each in a stateless seeded order of its own and batched with one partial last
+batch, so any position is reached by skipping batch indices within one pass (that is how a
+resumed run finds its place). ``distribute`` hands the stream to the strategy: each global
 batch is split over the replicas (and, under ``MultiWorkerMirroredStrategy``, auto-sharded by
 data over the workers, every worker building the same seeded pipeline).
 """
@@ -20,6 +20,7 @@ from ..errors import describe_received
 from .distribution import is_multi_worker
 
 __all__ = [
+    "array_stream",
     "as_dataset",
     "count_batches",
     "distribute",
@@ -104,6 +105,56 @@ def as_dataset(
     if shuffle and n > 0:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     return ds.batch(int(batch_size))
+
+
+def array_stream(
+    data: Any, *, batch_size: int, shuffle: bool, seed: int, start: int = 0
+) -> tf.data.Dataset:
+    """The training stream of array ``data``: pass after pass, from batch ``start`` on.
+
+    Pass ``p`` is the examples in the order of a stateless permutation drawn from ``(seed, p)``
+    alone (or in their order, without ``shuffle``), cut into batches of ``batch_size`` with one
+    partial last batch. So any position is reached by skipping within its own pass, and only
+    the batches' indices are skipped: a resume or a continued ``fit`` costs the same after 1
+    epoch as after 1000, and no shuffle buffer copies the data.
+
+    Args:
+        data: An array or a nest of arrays with equal first dimensions (as :func:`as_dataset`).
+        batch_size: Examples per batch.
+        shuffle: Shuffle each pass.
+        seed: The shuffle's seed (the Trainer's ``data_seed``).
+        start: Batches of the stream to leave out (the data position).
+
+    Returns:
+        An infinite ``tf.data.Dataset`` of batches, leading dimension ``None``.
+
+    Example:
+        >>> s = array_stream(np.arange(5), batch_size=2, shuffle=False, seed=0, start=2)
+        >>> [b.numpy().tolist() for b in s.take(4)]
+        [[4], [0, 1], [2, 3], [4]]
+    """
+    tensors = tf.nest.map_structure(tf.convert_to_tensor, data)
+    n = example_count(data)
+    first, offset = divmod(int(start), -(-n // int(batch_size)))
+    seed = tf.constant(int(seed), tf.int64)
+
+    def one_pass(p: tf.Tensor) -> tf.data.Dataset:
+        order = tf.range(n, dtype=tf.int64)
+        if shuffle:
+            order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([seed, p]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(int(batch_size))
+
+    stream = tf.data.Dataset.range(first, np.iinfo(np.int64).max).flat_map(one_pass)
+    if offset:
+        stream = stream.skip(offset)
+    # The arrays enter as the dataset's input (one element, repeated by reference), not as a
+    # capture of the gather function: a captured tensor would be copied into every new
+    # pipeline's function and kept with it.
+    whole = tf.data.Dataset.from_tensors(tensors).repeat()
+    batches = tf.data.Dataset.zip((stream, whole)).map(
+        lambda idx, t: tf.nest.map_structure(lambda a: tf.gather(a, idx), t)
+    )
+    return batches.prefetch(2)  # the next batches are gathered while a step runs
 
 
 def count_batches(dataset: tf.data.Dataset) -> int:

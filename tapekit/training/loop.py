@@ -6,18 +6,20 @@ callbacks through those small interfaces only. Per compiled execution the host d
 function call and integer bookkeeping; it reads the device only at epoch ends (the epoch
 averages), at checkpoints, and when an error is raised.
 
-Data position. The training stream is the (seeded, reshuffled each epoch) dataset repeated;
-``TrainState.position`` counts the batches consumed from it and ``TrainState.data_meta``
-records what they were (batch size, examples, batches per epoch, steps per epoch,
-accumulation). A ``fit`` on the same ``tf.data.Dataset`` object as the last one, which ended
-normally, continues that fit's iterator. Any other ``fit`` (arrays, other data, after an error,
-after a resume) rebuilds the stream and skips ``position`` batches, which replays them through
-the input pipeline. So a run continued in the same process and a run resumed from a checkpoint
-both continue at the next example of an uninterrupted run. (A dataset that shuffles with
-``reshuffle_each_iteration`` draws a new order for every new iterator: after a ``fit`` that
-raised, pass a freshly built one to continue exactly, as a resumed process does.) If the data
-changed (different batch size, length or steps per epoch): at an epoch boundary the new data
-starts at its first example (with a warning: its shuffle order is not the old one); mid-epoch it is
+Data position. The training stream is the data repeated (arrays: each pass in a seeded
+order of its own); ``TrainState.position`` counts the batches consumed from it and
+``TrainState.data_meta`` records what they were (batch size, examples, batches per epoch, steps
+per epoch, accumulation). A ``fit`` on arrays builds the stream at ``position`` directly
+(:func:`tapekit.training.data.array_stream`: it skips batch indices within one pass only). A
+``fit`` on the same ``tf.data.Dataset`` object as the last one, which ended normally, continues
+that fit's iterator; any other ``fit`` on a Dataset (after an error, after a resume) rebuilds the
+stream and skips ``position`` batches, which replays them through the input pipeline. So a run
+continued in the same process and a run resumed from a checkpoint both continue at the next
+example of an uninterrupted run. (A dataset that shuffles with ``reshuffle_each_iteration`` draws
+a new order for every new iterator: after a ``fit`` that raised, pass a freshly built one to
+continue exactly, as a resumed process does.) If the data changed (different batch size, length
+or steps per epoch): at an epoch boundary the new data starts at its first example (with a
+warning: its shuffle order is not the old one); mid-epoch it is
 refused with an error that says what changed, because no position would be right.
 """
 
@@ -78,6 +80,7 @@ class FitLoop:
         # batches of a new one (which replays the input pipeline: seconds after many epochs).
         self._kept: tuple | None = None
         self._user_dataset = False
+        self._arrays: tuple | None = None
 
     def _constant(self, n: int) -> tf.Tensor:
         value = self._consts.get(n)
@@ -91,7 +94,8 @@ class FitLoop:
         self, data: Any, *, batch_size: int | None, steps_per_epoch: int | None, shuffle: bool
     ) -> tuple[tf.data.Dataset | None, int, list[int] | None]:
         """``(dataset, steps per epoch, data meta)`` for ``data`` (``None``: no data)."""
-        self._user_dataset = isinstance(data, tf.data.Dataset)  # (arrays: a new pipeline)
+        self._user_dataset = isinstance(data, tf.data.Dataset)
+        self._arrays = None  # (data, batch size, shuffle, seed) for array data
         if data is None:
             if steps_per_epoch is None:
                 raise ValueError(
@@ -100,7 +104,11 @@ class FitLoop:
                 )
             return None, _data.steps_per_epoch(None, steps_per_epoch, 1), None
         seed = int(self.state.data_seed.numpy())
-        ds = _data.as_dataset(data, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        # (arrays: this dataset gives the shapes and the batch count; the stream itself is
+        # _data.array_stream, which reaches any position without replaying the ones before)
+        ds = _data.as_dataset(data, batch_size=batch_size)
+        if not self._user_dataset:
+            self._arrays = (data, int(batch_size), bool(shuffle), seed)
         batches = int(ds.cardinality())  # -1: infinite, -2: unknown (counted only if needed)
         if batches == tf.data.UNKNOWN_CARDINALITY and steps_per_epoch is None:
             batches = _data.count_batches(ds)
@@ -154,9 +162,15 @@ class FitLoop:
         kept, self._kept = self._kept, None
         if kept is not None and kept[0] is ds and kept[1] == meta and kept[2] == skip:
             return kept[3]  # the last fit's stream, at the very next batch: nothing to skip
-        stream = ds.repeat()
-        if skip:
-            stream = stream.skip(skip)
+        if self._arrays is not None:
+            data, batch_size, shuffle, seed = self._arrays
+            stream = _data.array_stream(
+                data, batch_size=batch_size, shuffle=shuffle, seed=seed, start=skip
+            )
+        else:
+            stream = ds.repeat()
+            if skip:
+                stream = stream.skip(skip)
         return iter(_data.distribute(stream, self.strategy))
 
     # -- the loop --------------------------------------------------------------------------
