@@ -133,8 +133,8 @@ def array_stream(
         >>> [b.numpy().tolist() for b in s.take(4)]
         [[4], [0, 1], [2, 3], [4]]
     """
-    tensors = tf.nest.map_structure(tf.convert_to_tensor, data)
-    n = example_count(data)
+    whole = tf.data.Dataset.from_tensors(data)  # tf.data's own reading of the nest
+    n = int(tf.nest.flatten(whole.element_spec)[0].shape[0])
     first, offset = divmod(int(start), -(-n // int(batch_size)))
     seed = tf.constant(int(seed), tf.int64)
 
@@ -150,8 +150,7 @@ def array_stream(
     # The arrays enter as the dataset's input (one element, repeated by reference), not as a
     # capture of the gather function: a captured tensor would be copied into every new
     # pipeline's function and kept with it.
-    whole = tf.data.Dataset.from_tensors(tensors).repeat()
-    batches = tf.data.Dataset.zip((stream, whole)).map(
+    batches = tf.data.Dataset.zip((stream, whole.repeat())).map(
         lambda idx, t: tf.nest.map_structure(lambda a: tf.gather(a, idx), t)
     )
     return batches.prefetch(2)  # the next batches are gathered while a step runs
