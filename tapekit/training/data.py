@@ -40,18 +40,15 @@ def as_dataset(
     data: Any,
     *,
     batch_size: int | None,
-    shuffle: bool = False,
-    seed: int | None = None,
     argument: str = "data",
 ) -> tf.data.Dataset:
-    """A batched ``tf.data.Dataset`` from ``data`` (not repeated).
+    """A batched ``tf.data.Dataset`` from ``data`` (not repeated, in the data's order; the
+    training stream of arrays, shuffled, is :func:`array_stream`).
 
     Args:
         data: A ``tf.data.Dataset`` (used as it is: it must already be batched), or an array /
             tensor, or a tuple / list / dict (nested) of them with equal first dimensions.
         batch_size: Examples per batch for array data; must be ``None`` for a Dataset.
-        shuffle: Shuffle array data with a buffer holding all of it, reshuffled every epoch.
-        seed: Seed of that shuffle (the same seed gives the same order in every process).
         argument: The argument's name, for error messages.
 
     Returns:
@@ -100,11 +97,7 @@ def as_dataset(
             f"All arrays in `{argument}` need the same number of examples (first dimension), but "
             f"received sizes {sorted(sizes)}. Check that inputs and labels match."
         )
-    (n,) = sizes
-    ds = tf.data.Dataset.from_tensor_slices(data)
-    if shuffle and n > 0:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(int(batch_size))
+    return tf.data.Dataset.from_tensor_slices(data).batch(int(batch_size))
 
 
 def array_stream(

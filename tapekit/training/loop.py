@@ -19,8 +19,8 @@ example of an uninterrupted run. (A dataset that shuffles with ``reshuffle_each_
 a new order for every new iterator: after a ``fit`` that raised, pass a freshly built one to
 continue exactly, as a resumed process does.) If the data changed (different batch size, length
 or steps per epoch): at an epoch boundary the new data starts at its first example (with a
-warning: its shuffle order is not the old one); mid-epoch it is
-refused with an error that says what changed, because no position would be right.
+warning: its shuffle order is not the old one); mid-epoch it is refused with an error that says
+what changed, because no position would be right.
 """
 
 from __future__ import annotations
@@ -79,8 +79,7 @@ class FitLoop:
         # same tf.data.Dataset object continues that iterator instead of skipping `position`
         # batches of a new one (which replays the input pipeline: seconds after many epochs).
         self._kept: tuple | None = None
-        self._user_dataset = False
-        self._arrays: tuple | None = None
+        self._arrays: tuple | None = None  # (data, batch size, shuffle, seed) of array data
 
     def _constant(self, n: int) -> tf.Tensor:
         value = self._consts.get(n)
@@ -94,8 +93,7 @@ class FitLoop:
         self, data: Any, *, batch_size: int | None, steps_per_epoch: int | None, shuffle: bool
     ) -> tuple[tf.data.Dataset | None, int, list[int] | None]:
         """``(dataset, steps per epoch, data meta)`` for ``data`` (``None``: no data)."""
-        self._user_dataset = isinstance(data, tf.data.Dataset)
-        self._arrays = None  # (data, batch size, shuffle, seed) for array data
+        self._arrays = None
         if data is None:
             if steps_per_epoch is None:
                 raise ValueError(
@@ -103,11 +101,11 @@ class FitLoop:
                     "steps_per_epoch=N (optimizer steps per epoch); none was given."
                 )
             return None, _data.steps_per_epoch(None, steps_per_epoch, 1), None
-        seed = int(self.state.data_seed.numpy())
         # (arrays: this dataset gives the shapes and the batch count; the stream itself is
         # _data.array_stream, which reaches any position without replaying the ones before)
         ds = _data.as_dataset(data, batch_size=batch_size)
-        if not self._user_dataset:
+        if not isinstance(data, tf.data.Dataset):
+            seed = int(self.state.data_seed.numpy())
             self._arrays = (data, int(batch_size), bool(shuffle), seed)
         batches = int(ds.cardinality())  # -1: infinite, -2: unknown (counted only if needed)
         if batches == tf.data.UNKNOWN_CARDINALITY and steps_per_epoch is None:
@@ -314,7 +312,7 @@ class FitLoop:
             if hook is not None:
                 hook.flush()
             callbacks.on_train_end()
-            if iterator is not None and self._user_dataset:
+            if iterator is not None and self._arrays is None:  # a user's Dataset
                 self._kept = (ds, meta, int(state.position.numpy()), iterator)
         except BaseException:
             done = int(state.step.numpy()) - step  # steps the failing call completed
