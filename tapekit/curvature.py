@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from . import _lanczos
+from . import _compile, _lanczos
 from ._lanczos import HessianOperator, lanczos, tridiagonal_eigh
 from .errors import describe_received
 
@@ -349,7 +349,9 @@ def _inference_loss(model: Any, loss_fn: Callable, batch: Any) -> Callable[..., 
 
     def loss_of_model(_variables: Any, batch: Any = None) -> tf.Tensor:
         batch = fixed if batch is None else batch
-        out = loss_fn(model, batch, training=False) if takes_training else loss_fn(model, batch)
+        # (traced: the user's Python control flow on tensors is converted, as in the Trainer)
+        f = loss_fn if tf.executing_eagerly() else _compile.autographed(loss_fn)
+        out = f(model, batch, training=False) if takes_training else f(model, batch)
         return out[0] if isinstance(out, (tuple, list)) else out
 
     return loss_of_model

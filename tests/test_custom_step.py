@@ -286,6 +286,48 @@ def test_the_loss_fn_form_equals_the_same_loss_as_a_custom_step():
     np.testing.assert_array_equal(ha["loss"], hb["loss"])
 
 
+def test_python_control_flow_on_tensors_in_steps_and_loss_fns_is_converted():
+    """The user's step and loss_fn (and what they call) get AutoGraph, as in a tf.function;
+    tapekit's own functions are left unconverted (they are written for tracing)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(48, 3)).astype("float32")
+    y = (x.sum(axis=1, keepdims=True) + rng.normal(size=(48, 1))).astype("float32")
+
+    def penalty(err, centre):  # called by the loss_fn: converted with it
+        if centre > 0:  # a tensor: a tf.cond
+            return tf.reduce_mean(tf.abs(err))
+        return tf.reduce_mean(err**2)
+
+    def loss_if(model, batch):
+        return penalty(model(batch[0], training=True) - batch[1], tf.reduce_mean(batch[1]))
+
+    def loss_where(model, batch):
+        err = model(batch[0], training=True) - batch[1]
+        l1, l2 = tf.reduce_mean(tf.abs(err)), tf.reduce_mean(err**2)
+        return tf.where(tf.reduce_mean(batch[1]) > 0, l1, l2)
+
+    class Step:  # a callable object of the user's: its __call__ is converted
+        def __call__(self, ctx, batch):
+            with tf.GradientTape() as tape:
+                loss = loss_if(ctx.model, batch)
+            ctx.minimize("model", loss, tape)
+            if loss > 1e6:
+                loss = tf.zeros_like(loss)
+            return {"loss": loss}
+
+    def trainer(**kw):
+        return tapekit.Trainer(
+            _mlp, optimizer=keras.optimizers.SGD(0.05), seed=0, logdir=False, **kw
+        )
+
+    runs = [trainer(loss_fn=loss_if), trainer(loss_fn=loss_where), trainer(step=Step())]
+    for trainer in runs:
+        trainer.fit((x, y), epochs=2, batch_size=8, verbose=0)
+    for trainer in runs[1:]:
+        _close(runs[0].get_weights(), trainer.get_weights(), 1e-6)
+    assert not np.allclose(runs[0].get_weights()[0], _mlp().get_weights()[0])  # it trained
+
+
 def test_custom_step_errors_say_how_to_fix():
     w = tf.Variable(1.0)
     with pytest.raises(TypeError, match="must return a dict of scalars.*return"):

@@ -24,6 +24,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from .. import _compile
 from .._args import fn_name
 from ..errors import describe_received
 
@@ -137,10 +138,11 @@ class LossCall:
 
     def __call__(self, batch: Any, training: bool) -> tuple[tf.Tensor, dict, tuple | None]:
         """Returns ``(loss as float32 scalar, {name: float32 scalar}, (y_true, y_pred) | None)``."""
+        loss_fn = self.loss_fn if tf.executing_eagerly() else _compile.autographed(self.loss_fn)
         if self._pass_training:
-            out = self.loss_fn(self.model, batch, training=training)
+            out = loss_fn(self.model, batch, training=training)
         else:
-            out = self.loss_fn(self.model, batch)
+            out = loss_fn(self.model, batch)
         name = fn_name(self.loss_fn)
         if out is None:
             raise TypeError(

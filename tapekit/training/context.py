@@ -30,6 +30,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from .. import _compile
 from .update import OptimizerUpdate
 
 __all__ = ["StepContext"]
@@ -151,3 +152,7 @@ class StepContext:
             Whether the update was applied (a boolean tensor).
         """
         return self.apply(name, self.gradients(name, loss, tape), loss)
+
+
+for _name in ("update", "gradients", "apply", "minimize"):  # called as they are from user steps
+    _compile.no_autograph(getattr(StepContext, _name))

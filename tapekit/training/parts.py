@@ -17,6 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from .. import _compile
 from .._args import fn_name
 from .calls import LossCall, resolve_metrics
 from .model import (
@@ -100,7 +101,10 @@ class _UserStep:
         self.step = step
 
     def __call__(self, ctx: Any, batches: list[Any] | None) -> Any:
-        return self.step(ctx, None if batches is None else batches[0])
+        # traced: the step's Python control flow on tensors is converted by AutoGraph, as in
+        # the user's own tf.function (tapekit's functions are not converted)
+        step = self.step if tf.executing_eagerly() else _compile.autographed(self.step)
+        return step(ctx, None if batches is None else batches[0])
 
 
 def check_options(

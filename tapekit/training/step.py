@@ -14,7 +14,7 @@ One training step, for any strategy (the default one, ``MirroredStrategy`` and
    step with a skipped update counts as skipped instead). The optional logging hook gets the
    means and, per optimizer, the newest applied gradient (aggregated only on logging steps).
 
-Steps run in a ``tf.range`` loop inside the function, ``steps_per_execution`` at a time, pulling
+Steps run in a ``tf.while_loop`` inside the function, ``steps_per_execution`` at a time, pulling
 batches from a (distributed) iterator whose element shapes have an unknown batch dimension: a
 partial last batch never retraces. Without data (``fit(None, ...)``) the step gets ``None``.
 """
@@ -37,6 +37,31 @@ from .update import OptimizerUpdate
 __all__ = ["CompiledSteps"]
 
 _SUM = tf.distribute.ReduceOp.SUM
+
+
+def _compiled(fn: Callable, **kwargs: Any) -> Any:
+    """``tf.function(fn)`` without AutoGraph: the loops below are written as
+    ``tf.while_loop``, and the user's step and ``loss_fn`` are converted where they are called
+    (``parts._UserStep``, ``calls.LossCall``). Converting tapekit's own functions from the top
+    took most of a GAN step's tracing."""
+    return tf.function(fn, autograph=False, **kwargs)
+
+
+def _repeat(num_steps: tf.Tensor, body: Callable[[], Any]) -> None:
+    """``body()`` ``num_steps`` times in a ``tf.while_loop`` (its stateful ops run in order,
+    iteration after iteration, as in AutoGraph's ``for _ in tf.range(num_steps)``)."""
+
+    def step(i: tf.Tensor) -> tf.Tensor:
+        body()
+        return i + 1
+
+    n = tf.cast(num_steps, tf.int64)
+    tf.while_loop(
+        lambda i: i < n,
+        step,
+        [tf.constant(0, tf.int64)],
+        maximum_iterations=tf.cast(tf.maximum(n, 0), tf.int32),
+    )
 
 
 class CompiledSteps:
@@ -93,20 +118,20 @@ class CompiledSteps:
         One function (one graph) for every ``num_steps``, so results do not depend on how
         the steps are grouped into calls (``steps_per_execution``, checkpoints, callbacks).
         """
-        return self._function(("train",), lambda: tf.function(self._train_loop))
+        return self._function(("train",), lambda: _compiled(self._train_loop))
 
     def batch_function(self, spec: Any) -> Any:
         """The compiled ``fn(batch)`` for one user-driven step (``Trainer.step``)."""
         if self.replicas > 1 or spec is None:
-            return self._function(("batch",), lambda: tf.function(self._train_batch))
+            return self._function(("batch",), lambda: _compiled(self._train_batch))
         key = ("batch", repr((tf.nest.flatten(spec), tf.nest.map_structure(lambda _: 0, spec))))
         return self._function(
-            key, lambda: tf.function(self._train_batch, input_signature=[relaxed_spec(spec)])
+            key, lambda: _compiled(self._train_batch, input_signature=[relaxed_spec(spec)])
         )
 
     def eval_function(self) -> Any:
         """The compiled ``fn(iterator, num_steps)`` evaluating ``num_steps`` batches."""
-        return self._function(("eval",), lambda: tf.function(self._eval_loop))
+        return self._function(("eval",), lambda: _compiled(self._eval_loop))
 
     def set_hook(self, hook: Any) -> None:
         """Install the logging hook; the compiled train functions are rebuilt to include it."""
@@ -142,7 +167,7 @@ class CompiledSteps:
         for u in self.updates.values():
             u.probing = True
         try:
-            tf.function(probe).get_concrete_function(spec)
+            _compiled(probe).get_concrete_function(spec)
         finally:
             for u in self.updates.values():
                 u.probing = False
@@ -237,8 +262,7 @@ class CompiledSteps:
 
     def _train_loop(self, iterator: Any, num_steps: tf.Tensor) -> None:
         with self.strategy.scope():  # cross-replica context: Keras must not all-reduce again
-            for _ in tf.range(num_steps):
-                self._one_step(self._pull(iterator))
+            _repeat(num_steps, lambda: self._one_step(self._pull(iterator)))
 
     def _train_batch(self, batch: Any) -> dict[str, tf.Tensor]:
         with self.strategy.scope():
@@ -265,10 +289,12 @@ class CompiledSteps:
         return {**self.eval_means.result(), **self.call.metric_results()}
 
     def _eval_loop(self, iterator: Any, num_steps: tf.Tensor) -> None:
+        def one() -> None:
+            sums, n = self.strategy.run(self._replica_eval, args=(next(iterator),))
+            self.eval_means.add(*first_local(self.strategy, (sums, n)))
+
         with self.strategy.scope():
-            for _ in tf.range(num_steps):
-                sums, n = self.strategy.run(self._replica_eval, args=(next(iterator),))
-                self.eval_means.add(*first_local(self.strategy, (sums, n)))
+            _repeat(num_steps, one)
 
     # -- helpers for the Trainer -------------------------------------------------------------
 
