@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator as ea
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +54,8 @@ SMALL = {
     "09_meta_learning": ["--steps", "300", "--test-tasks", "50"],
     "10_distributed": ["--epochs", "1", "--examples", "1000"],
     "11_custom_gradient": ["--points", "11"],
+    "12_per_example_gradients": ["--examples", "1500", "--epochs", "3", "--chunk", "400"],
+    "13_edge_of_stability": ["--steps", "1500", "--every", "100"],
 }
 
 
@@ -216,6 +220,80 @@ def check_11(out: str, runs: dict) -> None:
     assert {"custom/derivative", "naive/softplus", "softplus_at_100"} <= tensor_tags(runs["."])
 
 
+def check_12(out: str, runs: dict) -> None:
+    """Ranks the flipped labels first, equals the loop of single-example gradients, logs."""
+    k = int(number(r"(\d+) labels flipped", out))
+    assert k == 45  # 3% of 1500
+    precision = number(r"precision among the top \d+ gradient norms: ([\d.]+)", out)
+    assert precision >= 0.8 > 10 * number(r"random pick: ([\d.]+)", out)
+    assert number(r"max \|difference\| = (\S+)$", out) < 1e-5
+    assert number(r"median gradient norm: flipped ([\d.]+)", out) > 5 * number(
+        r"clean ([\d.]+)", out
+    )
+    acc = runs["per_example"]
+    assert {
+        "gradient_norm/all",
+        "gradient_norm/clean",
+        "gradient_norm/flipped",
+        "precision_at_k",
+        "flagged_examples",
+    } <= tensor_tags(acc)
+
+    def buckets(tag: str) -> np.ndarray:
+        [hist] = acc.Tensors(tag)
+        return np.frombuffer(hist.tensor_proto.tensor_content, np.float64).reshape(-1, 3)
+
+    assert buckets("gradient_norm/all")[:, 2].sum() == 1500  # every example's norm
+    assert buckets("gradient_norm/flipped")[:, 2].sum() == k
+    [prec] = acc.Tensors("precision_at_k")
+    logged = float(np.frombuffer(prec.tensor_proto.tensor_content, np.float32)[0])
+    assert logged == pytest.approx(precision, abs=1e-3)
+    [text] = acc.Tensors("flagged_examples")
+    table = text.tensor_proto.string_val[0].decode()
+    rows = [line for line in table.splitlines() if re.match(r"\| \d+ \| \d+ \|", line)]
+    assert len(rows) == k
+    assert sum(row.endswith("| yes |") for row in rows) == round(precision * k)
+    assert "train" in runs, "the Trainer's run is logged"
+
+
+_EDGE = re.compile(
+    r"^eta (?P<eta>[\d.]+) \| 2/eta (?P<two>[\d.]+) \| sharpness start (?P<start>[\d.]+) .*"
+    r"-> end (?P<end>[\d.]+) .*\| loss (?P<l0>[\d.]+) -> (?P<l1>[\d.]+)",
+    re.M,
+)
+
+
+def check_13(out: str, runs: dict) -> None:
+    """The edge of stability (Cohen et al., 2021): the sharpness starts well below 2/eta and
+    ends within 10% of it, for both step sizes, while the loss keeps falling; all logged."""
+
+    def series(acc: ea.EventAccumulator, tag: str) -> list[tuple[int, float]]:
+        return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+
+    rows = [m.groupdict() for m in _EDGE.finditer(out)]
+    assert [float(r["eta"]) for r in rows] == [0.3, 0.5], out
+    for row in rows:
+        eta, start, end = float(row["eta"]), float(row["start"]), float(row["end"])
+        assert float(row["two"]) == pytest.approx(2 / eta, abs=1e-3)
+        assert start < 0.5 * 2 / eta  # well below the edge at the start
+        assert abs(end / (2 / eta) - 1) <= 0.10  # and at the edge at the end
+        assert float(row["l1"]) < float(row["l0"]) / 100  # while the loss keeps falling
+        run = runs[f"eta_{eta:g}"]
+        sharp = series(run, "curvature/top_eigenvalue")
+        assert [s for s, _ in sharp] == list(range(0, 1501, 100))
+        assert sharp[0][1] == pytest.approx(start, abs=1e-3)
+        assert sharp[-1][1] == pytest.approx(end, abs=1e-3)
+        assert [v for _, v in series(run, "two_over_eta")] == pytest.approx([2 / eta] * 16)
+        rates = series(run, "optimizer/learning_rate")  # what `tapekit inspect` compares with
+        assert [s for s, _ in rates] == list(range(0, 1501, 100))
+        assert [v for _, v in rates] == pytest.approx([eta] * 16)
+        losses = series(run, "loss")
+        assert len(losses) == 1501 and losses[0][1] == pytest.approx(float(row["l0"]), abs=1e-4)
+    # at eta = 0.5 the loss is non-monotone once the sharpness reaches 2/eta
+    steps_up = re.search(r"eta 0.5 .*rose in (\d+) steps", out)
+    assert steps_up and int(steps_up[1]) > 0
+
+
 CHECKS: dict[str, Callable[[str, dict], None]] = {
     "01_gradients": check_01,
     "02_partial_derivatives": check_02,
@@ -228,6 +306,8 @@ CHECKS: dict[str, Callable[[str, dict], None]] = {
     "09_meta_learning": check_09,
     "10_distributed": check_10,
     "11_custom_gradient": check_11,
+    "12_per_example_gradients": check_12,
+    "13_edge_of_stability": check_13,
 }
 
 
