@@ -320,9 +320,21 @@ def test_python_control_flow_on_tensors_in_steps_and_loss_fns_is_converted():
             _mlp, optimizer=keras.optimizers.SGD(0.05), seed=0, logdir=False, **kw
         )
 
-    runs = [trainer(loss_fn=loss_if), trainer(loss_fn=loss_where), trainer(step=Step())]
+    def targets(model, batch):  # a metrics_fn with a tensor condition
+        pred = model(batch[0], training=False)
+        if tf.reduce_mean(batch[1]) > 0:
+            pred = pred + 0.0
+        return batch[1], pred
+
+    runs = [
+        trainer(loss_fn=loss_if),
+        trainer(loss_fn=loss_where),
+        trainer(step=Step()),
+        trainer(loss_fn=loss_if, metrics=["mae"], metrics_fn=targets),
+    ]
     for trainer in runs:
-        trainer.fit((x, y), epochs=2, batch_size=8, verbose=0)
+        history = trainer.fit((x, y), epochs=2, batch_size=8, verbose=0)
+    assert history["mean_absolute_error"][1] > 0
     for trainer in runs[1:]:
         _close(runs[0].get_weights(), trainer.get_weights(), 1e-6)
     assert not np.allclose(runs[0].get_weights()[0], _mlp().get_weights()[0])  # it trained

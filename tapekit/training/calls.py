@@ -187,7 +187,10 @@ class LossCall:
         if not self.metrics:
             return
         if self.metrics_fn is not None:
-            targets = self.metrics_fn(self.model, batch)
+            metrics_fn = self.metrics_fn
+            if not tf.executing_eagerly():  # AutoGraph for the user's function, as loss_fn's
+                metrics_fn = _compile.autographed(metrics_fn)
+            targets = metrics_fn(self.model, batch)
         elif targets is None:
             if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and callable(self.model)):
                 raise TypeError(
@@ -196,7 +199,8 @@ class LossCall:
                     f"extras, or use batches (x, y) with a callable model; the batch was "
                     f"{describe_received(batch)}."
                 )
-            targets = (batch[1], self.model(batch[0], training=False))
+            model = self.model if tf.executing_eagerly() else _compile.autographed(self.model)
+            targets = (batch[1], model(batch[0], training=False))
         y_true, y_pred = targets
         for m in self.metrics:
             if isinstance(m, _PendingAccuracy):  # the first trace only records the shapes

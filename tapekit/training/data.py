@@ -22,6 +22,7 @@ from .distribution import is_multi_worker
 __all__ = [
     "array_stream",
     "as_dataset",
+    "check_arrays",
     "count_batches",
     "distribute",
     "example_count",
@@ -34,6 +35,43 @@ __all__ = [
 
 def _leaves(data: Any) -> list[Any]:
     return tf.nest.flatten(data)
+
+
+def check_arrays(data: Any, batch_size: int | None, argument: str = "data") -> None:
+    """Raise the error :func:`as_dataset` raises for array ``data`` it cannot batch.
+
+    Args:
+        data: An array or a nest of arrays.
+        batch_size: Examples per batch.
+        argument: The argument's name, for error messages.
+
+    Raises:
+        ValueError: If ``batch_size`` is missing or the arrays' first dimensions differ.
+        TypeError: If ``data`` holds no arrays, or arrays without a leading dimension.
+
+    Example:
+        >>> check_arrays((np.zeros((5, 2)), np.ones(5)), 2)  # fine: nothing happens
+    """
+    if batch_size is None or int(batch_size) < 1:
+        raise ValueError(
+            f"`{argument}` holds arrays, so `batch_size` must be a positive int, but received "
+            f"batch_size={batch_size!r}. Pass e.g. batch_size=32."
+        )
+    leaves = _leaves(data)
+    if not leaves:
+        raise TypeError(f"`{argument}` is empty ({describe_received(data)}); pass arrays.")
+    try:
+        sizes = {int(np.shape(x)[0]) for x in leaves}
+    except (IndexError, TypeError) as exc:
+        raise TypeError(
+            f"`{argument}` must be arrays with a leading example dimension (or a tf.data.Dataset), "
+            f"but received {describe_received(data)}."
+        ) from exc
+    if len(sizes) != 1:
+        raise ValueError(
+            f"All arrays in `{argument}` need the same number of examples (first dimension), but "
+            f"received sizes {sorted(sizes)}. Check that inputs and labels match."
+        )
 
 
 def as_dataset(
@@ -77,26 +115,7 @@ def as_dataset(
             f"`{argument}` is already a distributed dataset; pass the plain tf.data.Dataset: the "
             "Trainer distributes it with its own strategy."
         )
-    if batch_size is None or int(batch_size) < 1:
-        raise ValueError(
-            f"`{argument}` holds arrays, so `batch_size` must be a positive int, but received "
-            f"batch_size={batch_size!r}. Pass e.g. batch_size=32."
-        )
-    leaves = _leaves(data)
-    if not leaves:
-        raise TypeError(f"`{argument}` is empty ({describe_received(data)}); pass arrays.")
-    try:
-        sizes = {int(np.shape(x)[0]) for x in leaves}
-    except (IndexError, TypeError) as exc:
-        raise TypeError(
-            f"`{argument}` must be arrays with a leading example dimension (or a tf.data.Dataset), "
-            f"but received {describe_received(data)}."
-        ) from exc
-    if len(sizes) != 1:
-        raise ValueError(
-            f"All arrays in `{argument}` need the same number of examples (first dimension), but "
-            f"received sizes {sorted(sizes)}. Check that inputs and labels match."
-        )
+    check_arrays(data, batch_size, argument)
     return tf.data.Dataset.from_tensor_slices(data).batch(int(batch_size))
 
 
@@ -112,7 +131,8 @@ def array_stream(
     epoch as after 1000, and no shuffle buffer copies the data.
 
     Args:
-        data: An array or a nest of arrays with equal first dimensions (as :func:`as_dataset`).
+        data: An array or a nest of arrays with equal first dimensions (as :func:`as_dataset`),
+            or ``tf.data.Dataset.from_tensors`` of them (converted once by the caller).
         batch_size: Examples per batch.
         shuffle: Shuffle each pass.
         seed: The shuffle's seed (the Trainer's ``data_seed``).
@@ -126,7 +146,7 @@ def array_stream(
         >>> [b.numpy().tolist() for b in s.take(4)]
         [[4], [0, 1], [2, 3], [4]]
     """
-    whole = tf.data.Dataset.from_tensors(data)  # tf.data's own reading of the nest
+    whole = data if isinstance(data, tf.data.Dataset) else tf.data.Dataset.from_tensors(data)
     n = int(tf.nest.flatten(whole.element_spec)[0].shape[0])
     first, offset = divmod(int(start), -(-n // int(batch_size)))
     seed = tf.constant(int(seed), tf.int64)

@@ -101,21 +101,26 @@ class FitLoop:
                     "steps_per_epoch=N (optimizer steps per epoch); none was given."
                 )
             return None, _data.steps_per_epoch(None, steps_per_epoch, 1), None
-        # (arrays: this dataset gives the shapes and the batch count; the stream itself is
-        # _data.array_stream, which reaches any position without replaying the ones before)
-        ds = _data.as_dataset(data, batch_size=batch_size)
-        if not isinstance(data, tf.data.Dataset):
+        if isinstance(data, (tf.data.Dataset, tf.distribute.DistributedDataset)):
+            ds = _data.as_dataset(data, batch_size=batch_size)
+            batches = int(ds.cardinality())  # -1: infinite, -2: unknown (counted if needed)
+            if batches == tf.data.UNKNOWN_CARDINALITY and steps_per_epoch is None:
+                batches = _data.count_batches(ds)
+        else:  # arrays, converted once: the stream is _data.array_stream (any position at once)
+            _data.check_arrays(data, batch_size)
+            whole = tf.data.Dataset.from_tensors(data)  # tf.data's own reading of the nest
+            examples = int(tf.nest.flatten(whole.element_spec)[0].shape[0])
+            batches = -(-examples // int(batch_size))
             seed = int(self.state.data_seed.numpy())
-            self._arrays = (data, int(batch_size), bool(shuffle), seed)
-        batches = int(ds.cardinality())  # -1: infinite, -2: unknown (counted only if needed)
-        if batches == tf.data.UNKNOWN_CARDINALITY and steps_per_epoch is None:
-            batches = _data.count_batches(ds)
+            self._arrays = (whole, int(batch_size), bool(shuffle), seed)
         if batches == 0:
             raise ValueError(
                 "The training data has no batches (an empty dataset or arrays with 0 examples), "
                 "so there is nothing to train on. Check the data pipeline (e.g. a filter that "
                 "removes everything) or pass fit(None, steps_per_epoch=N) for a step without data."
             )
+        if self._arrays is not None:  # the batches' spec, as the stream will give them
+            ds = _data.array_stream(whole, batch_size=int(batch_size), shuffle=False, seed=0)
         per_epoch = _data.steps_per_epoch(ds, steps_per_epoch, self.accumulate, batches=batches)
         meta = [batch_size or -1, _data.example_count(data), batches, per_epoch, self.accumulate]
         return ds, per_epoch, meta
