@@ -97,9 +97,12 @@ def _library(fn: Any) -> bool:
 
 def autographed(fn: Callable) -> Callable:
     """``fn`` converted by AutoGraph (as ``tf.function`` would), so Python ``if``/``for`` over
-    tensors work when it is traced; ``fn`` itself when it cannot be converted or comes from a
-    library (e.g. a Keras model, which converts its own ``call``). A callable object of the
-    user's has its ``__call__`` converted."""
+    tensors work when it is traced; ``fn`` itself when executing eagerly (Python control flow
+    works on eager tensors), when it cannot be converted or when it comes from a library (e.g.
+    a Keras model, which converts its own ``call``). A callable object of the user's has its
+    ``__call__`` converted."""
+    if tf.executing_eagerly():
+        return fn
     if isinstance(fn, functools.partial):
         return functools.partial(autographed(fn.func), *fn.args, **fn.keywords)
     if not (inspect.isfunction(fn) or inspect.ismethod(fn)):

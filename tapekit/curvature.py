@@ -350,7 +350,7 @@ def _inference_loss(model: Any, loss_fn: Callable, batch: Any) -> Callable[..., 
     def loss_of_model(_variables: Any, batch: Any = None) -> tf.Tensor:
         batch = fixed if batch is None else batch
         # (traced: the user's Python control flow on tensors is converted, as in the Trainer)
-        f = loss_fn if tf.executing_eagerly() else _compile.autographed(loss_fn)
+        f = _compile.autographed(loss_fn)
         out = f(model, batch, training=False) if takes_training else f(model, batch)
         return out[0] if isinstance(out, (tuple, list)) else out
 

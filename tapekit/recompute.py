@@ -88,8 +88,7 @@ def checkpoint(fn: Callable) -> Callable:
             for i, t in zip(where, inputs):
                 filled[i] = t
             a, k = tf.nest.pack_sequence_as(nest, filled)
-            f = fn if tf.executing_eagerly() else _compile.autographed(fn)  # as tf.function would
-            return f(*a, **k)
+            return _compile.autographed(fn)(*a, **k)  # as tf.function would
 
         @tf.custom_gradient
         def recorded(*inputs: tf.Tensor) -> Any:

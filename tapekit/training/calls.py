@@ -138,7 +138,7 @@ class LossCall:
 
     def __call__(self, batch: Any, training: bool) -> tuple[tf.Tensor, dict, tuple | None]:
         """Returns ``(loss as float32 scalar, {name: float32 scalar}, (y_true, y_pred) | None)``."""
-        loss_fn = self.loss_fn if tf.executing_eagerly() else _compile.autographed(self.loss_fn)
+        loss_fn = _compile.autographed(self.loss_fn)  # (traced: the user's if/for converted)
         if self._pass_training:
             out = loss_fn(self.model, batch, training=training)
         else:
@@ -187,10 +187,7 @@ class LossCall:
         if not self.metrics:
             return
         if self.metrics_fn is not None:
-            metrics_fn = self.metrics_fn
-            if not tf.executing_eagerly():  # AutoGraph for the user's function, as loss_fn's
-                metrics_fn = _compile.autographed(metrics_fn)
-            targets = metrics_fn(self.model, batch)
+            targets = _compile.autographed(self.metrics_fn)(self.model, batch)
         elif targets is None:
             if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and callable(self.model)):
                 raise TypeError(
@@ -199,8 +196,7 @@ class LossCall:
                     f"extras, or use batches (x, y) with a callable model; the batch was "
                     f"{describe_received(batch)}."
                 )
-            model = self.model if tf.executing_eagerly() else _compile.autographed(self.model)
-            targets = (batch[1], model(batch[0], training=False))
+            targets = (batch[1], _compile.autographed(self.model)(batch[0], training=False))
         y_true, y_pred = targets
         for m in self.metrics:
             if isinstance(m, _PendingAccuracy):  # the first trace only records the shapes

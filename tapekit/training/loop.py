@@ -79,7 +79,8 @@ class FitLoop:
         # same tf.data.Dataset object continues that iterator instead of skipping `position`
         # batches of a new one (which replays the input pipeline: seconds after many epochs).
         self._kept: tuple | None = None
-        self._arrays: tuple | None = None  # (data, batch size, shuffle, seed) of array data
+        # (Dataset.from_tensors(arrays), batch size, shuffle, seed) of array data
+        self._arrays: tuple | None = None
 
     def _constant(self, n: int) -> tf.Tensor:
         value = self._consts.get(n)

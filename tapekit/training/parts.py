@@ -103,8 +103,7 @@ class _UserStep:
     def __call__(self, ctx: Any, batches: list[Any] | None) -> Any:
         # traced: the step's Python control flow on tensors is converted by AutoGraph, as in
         # the user's own tf.function (tapekit's functions are not converted)
-        step = self.step if tf.executing_eagerly() else _compile.autographed(self.step)
-        return step(ctx, None if batches is None else batches[0])
+        return _compile.autographed(self.step)(ctx, None if batches is None else batches[0])
 
 
 def check_options(
