@@ -138,6 +138,17 @@ def test_nan_in_the_critic_update_names_critic_variables_and_keeps_good_checkpoi
     again.step(_gan.real_data()[:16])
     _equal(restored.get_weights(), again.get_weights())
     assert restored.global_step == 3
+    # Nothing of the failed update stayed in memory: models and both optimizers (slots and
+    # iteration counts) equal a clean run of 3 steps (the NaN is in step 3's first update).
+    three = _gan.trainer()
+    three.fit(
+        _gan.real_data(), epochs=1, batch_size=16, shuffle=False, steps_per_epoch=3, verbose=0
+    )
+    _equal(trainer.get_weights(), three.get_weights())
+    for name in ("critic", "generator"):
+        ours, theirs = trainer.optimizers[name].variables, three.optimizers[name].variables
+        _equal([np.asarray(v) for v in ours], [np.asarray(v) for v in theirs])
+    assert int(trainer.optimizers["critic"].iterations.numpy()) == 3 * _gan.CRITIC_STEPS
 
 
 def test_nonfinite_critic_updates_can_be_skipped():

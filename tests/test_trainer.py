@@ -295,6 +295,31 @@ def test_nonfinite_loss_raises_naming_step_and_variables():
     assert all(np.isfinite(w).all() for w in trainer.get_weights())
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.optimizers.Adam(0.05),  # only the gradients wait for the check
+        lambda: keras.optimizers.SGD(0.05, momentum=0.9),
+        lambda: keras.optimizers.AdamW(0.05, weight_decay=0.1),  # decay: waits whole
+        lambda: keras.optimizers.Nadam(0.05),  # its running product: waits whole
+    ],
+    ids=["adam", "sgd-momentum", "adamw", "nadam"],
+)
+def test_a_nonfinite_step_leaves_weights_and_optimizer_state_as_before_it(make):
+    # Not applied means nothing of it: weights, slots and the iteration count equal those of
+    # a run that stopped before the step (x[40] is NaN: step 2 of batches of 16).
+    broken = tapekit.Trainer(_factory(), mse, optimizer=make(), logdir=False, seed=0)
+    with pytest.raises(tapekit.NonFiniteError, match="at step 2 "):
+        broken.fit(_nan_data(), batch_size=16, shuffle=False, verbose=0)
+    clean = tapekit.Trainer(_factory(), mse, optimizer=make(), logdir=False, seed=0)
+    clean.fit(_nan_data(), batch_size=16, shuffle=False, steps_per_epoch=2, verbose=0)
+    assert int(broken.optimizer.iterations.numpy()) == 2
+    for a, b in zip(broken.get_weights(), clean.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(broken.optimizer.variables, clean.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
 def test_nonfinite_steps_can_be_skipped():
     x, y = _nan_data()
     trainer = _train((x, y), epochs=1, on_nonfinite="skip", steps_per_execution=4)

@@ -190,6 +190,7 @@ def assemble(
     with strategy.scope():
         state = TrainState(seed)
     source = fn_name(step if step is not None else loss_fn)
+    counters = [opts[name].iterations for name in found]
     updates = {
         name: OptimizerUpdate(
             name,
@@ -204,6 +205,7 @@ def assemble(
             on_nonfinite=on_nonfinite,
             allow_unused=allow_unused,
             source=source,
+            counters=counters,
         )
         for i, (name, (variables, names)) in enumerate(found.items())
     }
@@ -270,6 +272,7 @@ def run_guarded(fn: Callable, args: tuple, steps: CompiledSteps, checkpoints: An
         failure = failure_of(str(exc))
         if failure is None:
             raise
+        steps.restore_iterations(failure.iterations)
         saved = "no checkpoint_dir was set"
         if checkpoints is not None:
             latest = checkpoints.latest()

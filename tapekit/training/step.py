@@ -32,7 +32,7 @@ from .context import StepContext
 from .data import distribute, leading_size, relaxed_spec
 from .distribution import first_local
 from .state import RunningMeans, TrainState
-from .update import OptimizerUpdate
+from .update import Failure, OptimizerUpdate
 
 __all__ = ["CompiledSteps"]
 
@@ -312,9 +312,15 @@ class CompiledSteps:
 
         return self.strategy.experimental_distribute_values_from_function(part)
 
-    def nonfinite_error(self, failure: tuple, saved: str) -> NonFiniteError:
+    def restore_iterations(self, counts: list[int]) -> None:
+        """Every optimizer's iteration count as it was at an update that failed its check
+        (an optimizer may count an update before the check stops it, see update.py)."""
+        for update, count in zip(self.updates.values(), counts):
+            update.optimizer.iterations.assign(count)
+
+    def nonfinite_error(self, failure: Failure, saved: str) -> NonFiniteError:
         """The error for the update that failed (``failure`` is :func:`failure_of`'s)."""
-        step, index, bad_loss, flags = failure
+        step, index, bad_loss, flags = failure.step, failure.index, failure.bad_loss, failure.flags
         update = list(self.updates.values())[index]
         names = [n for n, bad in zip(update.names, flags) if bad]
         step = step if step >= 0 else int(self.state.step.numpy())

@@ -13,12 +13,20 @@ user-written step alike, goes through :class:`OptimizerUpdate`:
    replicas agree on "finite" in one small collective. Then one ``merge_call`` enters
    cross-replica context, where the update runs under ``strategy.run``:
 
-   * ``on_nonfinite="raise"``: every op of the update waits for an ``Assert`` on "finite"
-     (the raw op: no ``tf.cond`` around it, which costs 5-10% of a small model's step). A
-     failing Assert aborts the compiled call before any of the update, or anything after it
-     in the step (its logging included), runs; its message carries the step, the optimizer
-     and which values were not finite (:func:`failure_of`), and the host raises
-     :class:`tapekit.NonFiniteError` from it.
+   * ``on_nonfinite="raise"``: the update waits for an ``Assert`` on "finite" (the raw op:
+     no ``tf.cond`` around it, which costs 5-10% of a small model's step). A failing Assert
+     aborts the compiled call before any of the update, or anything after it in the step
+     (its logging included), runs; its message carries the step, the optimizer, which values
+     were not finite and every optimizer's iteration count (:func:`failure_of`), and the host
+     puts those counts back and raises :class:`tapekit.NonFiniteError`. For the built-in
+     optimizers whose every slot and variable write uses the gradient (Adam, SGD, RMSprop,
+     Adagrad, Adamax, Lion, without weight decay, EMA or accumulation) only the gradients
+     wait: their learning rate, bias corrections and step powers are computed while the
+     gradients still are, as without the check (a WGAN-GP step has six updates: waiting
+     whole made the check cost 10-15% of its time, now about 5%). Their one write that does
+     not use the gradient, the iteration count, may land before the Assert stops the call;
+     the counts in the message (read where the failed update is, in program order) undo it.
+     Every other optimizer waits for the check whole.
    * ``"skip"``: inside ``tf.cond(finite, apply, skip)`` (a synchronising update cannot sit
      in a ``tf.cond`` in replica context, hence the merge).
    * ``None``: no check; the update is applied as it is (as ``keras.Model.fit`` does), and
@@ -29,17 +37,20 @@ user-written step alike, goes through :class:`OptimizerUpdate`:
 ``apply`` returns a boolean token (was the update applied); the step waits on all tokens before
 it advances the counters, and keeps the last gradient per optimizer for the logging hook.
 
-The finiteness test is the global norm's own sum of squares (``tf.nn.l2_loss`` per gradient,
-as ``tf.linalg.global_norm`` computes it), so checking costs no extra pass over the gradients;
-a variable is named as non-finite when its squared norm is (NaN/inf, or so large that its
-square overflows).
+The finiteness test is one ``is_finite`` of one sum: of the global norm's own squares
+(``tf.nn.l2_loss`` per gradient, as ``tf.linalg.global_norm`` computes them, so checking costs
+no extra pass over the gradients) and of ``0 * loss`` (NaN exactly when the loss is not
+finite). It sits on the update's critical path, where every small op counts (a WGAN-GP step
+has six updates), so it is kept to a handful of ops; the Assert reports the parts, and the host
+finds in them which were not finite. A variable is named as non-finite when its squared norm is
+(NaN/inf, or so large that its square overflows).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import tensorflow as tf
@@ -47,29 +58,86 @@ import tensorflow as tf
 from ..errors import DisconnectedGradientError
 from .distribution import first_local
 
-__all__ = ["NONFINITE_MARK", "OptimizerUpdate", "failure_of"]
+__all__ = ["NONFINITE_MARK", "Failure", "OptimizerUpdate", "failure_of"]
 
 NONFINITE_MARK = "tapekit-nonfinite-step"
-# The Assert's message: [mark optimizer-index] [step] [loss finite 0/1] [half squared norms]
-_FAILURE = re.compile(re.escape(NONFINITE_MARK) + r" (\d+)\] \[(-?\d+)\] \[(\d)\] \[([^\]]*)\]")
+# The Assert's message: [mark optimizer-index kept-variables has-loss] [step], then one
+# [value] per part (the kept variables' half squared gradient norms and, with a loss, last,
+# the loss) and one [count] per optimizer (its iterations at the failed update).
+_FAILURE = re.compile(re.escape(NONFINITE_MARK) + r" (\d+) ([\d,]+|-) ([01])\] \[(-?\d+)\]")
+_VALUE = re.compile(r" \[([-+.\w]*)\]")  # one number: 0.5, -1e+30, nan, inf, 35
+
+# Built-in Keras optimizers whose ``apply`` writes nothing before it uses the gradients but
+# the iteration count (checked in their sources: every slot and variable write uses them).
+_GRADIENT_ONLY = (
+    keras.optimizers.Adam,
+    keras.optimizers.SGD,
+    keras.optimizers.RMSprop,
+    keras.optimizers.Adagrad,
+    keras.optimizers.Adamax,
+    keras.optimizers.Lion,
+)
 
 
-def failure_of(message: str) -> tuple[int, int, bool, list[bool]] | None:
-    """``(step, optimizer index, loss was bad, bad flag per variable)`` from the message of a
-    failed non-finite Assert, or None if ``message`` is not one.
+def _gradients_suffice(optimizer: Any) -> bool:
+    """Whether holding back the gradients holds back every write of ``optimizer.apply`` but
+    the iteration count (put back from the failure message): one of the built-in optimizers
+    above, exactly, without weight decay (a write that does not use the gradient), EMA or
+    gradient accumulation. Others (Nadam's running product, AdamW, user subclasses) wait for
+    the check as a whole."""
+    return (
+        type(optimizer) in _GRADIENT_ONLY
+        and getattr(optimizer, "weight_decay", None) is None
+        and not getattr(optimizer, "use_ema", False)
+        and not getattr(optimizer, "gradient_accumulation_steps", None)
+    )
+
+
+class Failure(NamedTuple):
+    """A failed non-finite check, read from its message (:func:`failure_of`)."""
+
+    step: int  # the Trainer step
+    index: int  # the optimizer's index
+    bad_loss: bool  # the update's loss was not finite
+    flags: list[bool]  # per variable (up to the last one with a gradient): not finite
+    iterations: list[int]  # every optimizer's iteration count at the failed update
+
+
+def failure_of(message: str) -> Failure | None:
+    """The :class:`Failure` in the message of a failed non-finite Assert, or None if
+    ``message`` is not one.
 
     Example:
-        >>> failure_of("assertion failed: [tapekit-nonfinite-step 1] [7] [1] [0.5 nan 2]")
-        (7, 1, False, [False, True, False])
+        >>> failure_of(
+        ...     "assertion failed: [tapekit-nonfinite-step 1 0,1,2 1] [7] [0.5] [nan] [2] "
+        ...     "[-1.5] [35] [7]\\n\\t [[{{node while/update/Assert}}]]"
+        ... )
+        Failure(step=7, index=1, bad_loss=False, flags=[False, True, False], iterations=[35, 7])
         >>> failure_of("some other error") is None
         True
     """
     found = _FAILURE.search(message)
     if found is None:
         return None
-    index, step, loss_ok, halves = found.groups()
-    flags = [not (float(h) < float("inf")) for h in halves.split()]  # NaN compares False
-    return int(step), int(index), loss_ok != "1", flags
+    index, kept, with_loss, step = found.groups()
+    values, at = [], found.end()
+    while (value := _VALUE.match(message, at)) is not None:  # the values that follow, only
+        values.append(value.group(1))
+        at = value.end()
+    positions = [] if kept == "-" else [int(i) for i in kept.split(",")]
+    parts = len(positions) + int(with_loss)
+    bad = [not (abs(float(v)) < float("inf")) for v in values[:parts]]  # NaN compares False
+    bad_loss = bool(int(with_loss)) and bool(bad) and bad.pop()
+    flags = [False] * (max(positions, default=-1) + 1)
+    for i, flag in zip(positions, bad):
+        flags[i] = flag
+    return Failure(int(step), int(index), bad_loss, flags, [int(c) for c in values[parts:]])
+
+
+def _sum(parts: list[tf.Tensor]) -> tf.Tensor:
+    """``parts`` added up (one op; 0 for none): finite exactly when all of them are, short
+    of an overflow of the sum."""
+    return tf.add_n(parts) if parts else tf.zeros([])
 
 
 _SUM = tf.distribute.ReduceOp.SUM
@@ -91,6 +159,9 @@ class OptimizerUpdate:
         on_nonfinite: ``"raise"``, ``"skip"`` or ``None`` (no check).
         allow_unused: Allow variables that get no gradient.
         source: The user function's name, for messages.
+        counters: The ``iterations`` of every optimizer of the Trainer, in index order
+            (default: this one's): the failure message carries their values at the failed
+            update, and the host puts them back (see :func:`failure_of`).
     """
 
     def __init__(
@@ -108,8 +179,10 @@ class OptimizerUpdate:
         on_nonfinite: str | None,
         allow_unused: bool,
         source: str,
+        counters: Sequence[Any] = (),
     ) -> None:
         self.name, self.index, self.optimizer = name, index, optimizer
+        self.counters = list(counters) or [optimizer.iterations]
         self.variables, self.names = list(variables), list(names)
         self.strategy, self.step = strategy, step
         self.clip_norm, self.clip_value = clip_norm, clip_value
@@ -125,6 +198,7 @@ class OptimizerUpdate:
                 "(no loss scaling)."
             )
         self.aggregate = self.replicas > 1 and (clip_norm is not None or clip_value is not None)
+        self.gate_gradients = _gradients_suffice(optimizer)
         self.last_grads: Any = None  # trace-time: the newest applied gradient (per replica)
         self.tokens: list[tf.Tensor] = []  # trace-time: one per apply of the current step
         self.probing = False  # while the step is traced only to check it: apply nothing
@@ -187,23 +261,29 @@ class OptimizerUpdate:
                 token = ctx.merge_call(self._cross_apply_unchecked, args=(grads, tuple(keep)))
             self.tokens.append(token)
             return token
-        loss_ok = tf.constant(True) if loss is None else tf.math.is_finite(loss)
         local_ok = self._all_finite(grads) if self.loss_scaled else None
-        grads, grads_ok, halves = self._check_and_clip(grads)
+        grads, finite, parts = self._check_and_clip(grads, loss)
         if self.replicas > 1:  # one small collective: every replica takes the same decision
-            flags = tf.stack([local_ok if self.loss_scaled else grads_ok, loss_ok])
-            bad = ctx.all_reduce(_SUM, 1.0 - tf.cast(flags, tf.float32))
-            grads_agreed, loss_ok = tf.equal(bad[0], 0.0), tf.equal(bad[1], 0.0)
+            loss_ok = tf.constant(True) if loss is None else tf.math.is_finite(loss)
+            grads_ok = local_ok
             if not self.loss_scaled:
-                grads_ok = grads_agreed
-            elif not self.aggregate:  # see module doc: all replicas must skip together
-                grads = tf.cond(
-                    grads_agreed, lambda: grads, lambda: [g + float("nan") for g in grads]
-                )
-        finite = tf.logical_and(grads_ok, loss_ok)
+                grads_ok = tf.math.is_finite(_sum(parts[:-1] if loss is not None else parts))
+            flags = tf.stack([grads_ok, loss_ok])
+            bad = ctx.all_reduce(_SUM, 1.0 - tf.cast(flags, tf.float32))
+            grads_agreed, loss_agreed = tf.equal(bad[0], 0.0), tf.equal(bad[1], 0.0)
+            finite = tf.logical_and(grads_agreed, loss_agreed)
+            if loss is not None:  # the reported loss entry: NaN if any replica's loss is
+                entry = tf.where(loss_agreed, tf.zeros([], parts[-1].dtype), float("nan"))
+                parts = [*parts[:-1], entry]
+            if self.loss_scaled:  # the LossScaleOptimizer skips overflowed gradients itself
+                finite = loss_agreed
+                if not self.aggregate:  # see module doc: all replicas must skip together
+                    grads = tf.cond(
+                        grads_agreed, lambda: grads, lambda: [g + float("nan") for g in grads]
+                    )
         with tf.name_scope("update"):
             token = ctx.merge_call(
-                self._cross_apply, args=(grads, finite, loss_ok, halves, tuple(keep))
+                self._cross_apply, args=(grads, finite, parts, tuple(keep), loss is not None)
             )
         self.tokens.append(token)
         return token
@@ -214,32 +294,45 @@ class OptimizerUpdate:
             return tf.constant(True)
         return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
 
-    def _check_and_clip(self, grads: list[tf.Tensor], check: bool = True) -> tuple:
-        """``(grads clipped, finite, half squared norms)``; the norms are empty under loss
-        scaling (the LossScaleOptimizer skips non-finite gradients itself) and, unless
-        clipping by norm needs them, without ``check``."""
-        halves, norm, scale = tf.zeros([0]), None, None
-        finite = tf.constant(True)
+    def _check_and_clip(
+        self, grads: list[tf.Tensor], loss: tf.Tensor | None = None, check: bool = True
+    ) -> tuple:
+        """``(grads clipped, finite, parts)``: ``parts`` are scalars, each gradient's half
+        squared norm (what ``tf.linalg.global_norm`` sums) and, with a ``loss``, last, the
+        loss; ``finite`` is whether their sum is finite, one test for all of them (a
+        handful of ops: the check sits on the update's critical path). Under loss scaling
+        ``parts`` is only the loss (the LossScaleOptimizer skips non-finite gradients
+        itself); without ``check`` it is empty and ``finite`` True."""
+        wide = tf.float32
+        dense = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        if any(t.dtype == tf.float64 for t in [*dense, *([] if loss is None else [loss])]):
+            wide = tf.float64  # (a float64 loss or gradient may be finite beyond float32)
+        halves, norm, scale = [], None, None
         if self.loss_scaled:
             scale = self.optimizer.dynamic_scale
-        elif grads and (check or self.clip_norm is not None):
-            # what tf.linalg.global_norm computes, keeping the per-variable parts
-            dense = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
-            wide = tf.float64 if any(g.dtype == tf.float64 for g in dense) else tf.float32
-            halves = tf.stack([tf.cast(tf.nn.l2_loss(g), wide) for g in dense])
-            norm = tf.sqrt(2.0 * tf.reduce_sum(halves))
-            finite = tf.math.is_finite(norm)
+        elif dense and (check or self.clip_norm is not None):
+            halves = [tf.cast(tf.nn.l2_loss(g), wide) for g in dense]
+        parts = list(halves) if check else []
+        if check and loss is not None:
+            parts.append(tf.cast(loss, wide))
+        finite = tf.math.is_finite(_sum(parts)) if parts else tf.constant(True)
         if self.clip_norm is not None:
+            if halves:
+                norm = tf.sqrt(2.0 * tf.add_n(halves))
             limit = self.clip_norm * scale if scale is not None else self.clip_norm
             grads, _ = tf.clip_by_global_norm(grads, limit, use_norm=norm)
         if self.clip_value is not None:
             limit = self.clip_value * scale if scale is not None else self.clip_value
             grads = [tf.clip_by_value(g, -limit, limit) for g in grads]
-        return grads, finite, halves
+        return grads, finite, parts
 
     def _apply_local(self, grads: list[tf.Tensor], keep: tuple, after: Sequence[Any]) -> None:
         # Every op of the update waits for `after` (set here: replica functions may run in
         # threads of their own, which do not see the caller's control dependencies).
+        if after and self.gate_gradients and grads:  # only what uses them waits (module doc)
+            with tf.control_dependencies(after):
+                grads = tf.identity_n(grads)
+            after = ()
         with tf.control_dependencies(after):
             if self.aggregate:
                 grads = [g / self.replicas for g in grads]
@@ -259,12 +352,12 @@ class OptimizerUpdate:
         strategy: tf.distribute.Strategy,
         grads: list[Any],
         finite: Any,
-        loss_ok: Any,
-        halves: Any,
+        parts: Any,
         keep: tuple,
+        with_loss: bool,
     ) -> tf.Tensor:
         self.last_grads = (grads, keep)
-        finite, loss_ok, halves = first_local(strategy, (finite, loss_ok, halves))
+        finite, parts = first_local(strategy, (finite, parts))
         if self.on_nonfinite == "skip":
 
             def run() -> tf.Tensor:
@@ -276,20 +369,16 @@ class OptimizerUpdate:
 
             return tf.cond(finite, run, lambda: tf.constant(False))
         # "raise": the update waits for the check; a failure aborts the call (see module doc).
-        # Only kept variables have a norm; report one flag per variable of the optimizer.
-        flags = [tf.zeros([], halves.dtype)] * len(self.variables)
-        for position, i in enumerate(keep):
-            if not self.loss_scaled:
-                flags[i] = halves[position]
+        # The message says which variables the entries of `parts` belong to (see failure_of).
+        kept = "-" if self.loss_scaled else ",".join(map(str, keep)) or "-"
         check = tf.raw_ops.Assert(
             condition=finite,
             data=[
-                tf.constant(f"{NONFINITE_MARK} {self.index}"),
+                tf.constant(f"{NONFINITE_MARK} {self.index} {kept} {int(with_loss)}"),
                 tf.cast(self.step, tf.int64),
-                tf.cast(loss_ok, tf.int32),
-                tf.stack(flags) if flags else tf.zeros([0]),
+                *parts,
+                *[tf.convert_to_tensor(c) for c in self.counters],
             ],
-            summarize=max(len(self.variables), 1),
         )
         strategy.run(self._apply_local, args=(grads, keep, (check,)))
         with tf.control_dependencies([check]):
