@@ -23,7 +23,7 @@ from tensorflow.python.ops.parallel_for import control_flow_ops as _pfor_ops
 
 from . import _args, _compile
 from ._args import fn_name
-from ._vectorize import VectorizationWarning
+from ._vectorize import VectorizationWarning, _loop, _reason
 
 Axes = Any
 """An int, ``None``, or a (nested) tuple / list / dict of them: a prefix of the values' nest."""
@@ -146,12 +146,46 @@ def _run_pfor(
     if chunk_size is not None and isinstance(size, int) and chunk_size >= size:
         chunk_size = None
     if chunk_size == 1:
-        dtypes = [t.dtype for t in loop_fn(tf.constant(0))]
-        return _pfor_ops.for_loop(loop_fn, dtypes, size, parallel_iterations=1)
-    with _catching() as catch:
-        out = _pfor_ops.pfor(
-            loop_fn, size, fallback_to_while_loop=True, parallel_iterations=chunk_size
-        )
+        return _loop(loop_fn, size)
+    body_failed = []
+
+    def body(i: tf.Tensor) -> list[tf.Tensor]:
+        try:
+            return loop_fn(i)
+        except Exception:
+            body_failed.append(True)  # the function's own error: it would recur in a loop
+            raise
+
+    try:
+        with _catching() as catch:
+            out = _pfor_ops.pfor(
+                body, size, fallback_to_while_loop=True, parallel_iterations=chunk_size
+            )
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        # pfor failed where its own while_loop fallback does not reach (e.g. the gradient of
+        # a tf.cond, as AutoGraph makes of a Python `if` on a tensor): a plain loop, or an
+        # error with fallback="error"
+        if body_failed:
+            raise
+        reason = re.sub(r"\s*(for )?<tf\.Tensor.*", "", _reason(exc))  # not graph names
+        if fallback == "error":
+            raise ValueError(
+                f"{what}: TensorFlow cannot vectorize this computation ({reason}), and "
+                f"fallback='error' forbids running it one example at a time. Replace the "
+                f"part it names (e.g. a Python `if` on a tensor: use tf.where), or pass "
+                f"fallback='warn' to accept the slower loop (same result)."
+            ) from None
+        if (what, reason) not in _warned:
+            _warned.add((what, reason))
+            warnings.warn(
+                f"{what}: TensorFlow cannot vectorize this computation ({reason}), so it runs "
+                f"one example at a time in a tf.while_loop (slower, same result). A Python `if` "
+                f"on a tensor written with tf.where vectorizes; fallback='error' makes this an "
+                f"error. (Shown once.)",
+                VectorizationWarning,
+                stacklevel=4,
+            )
+        return _loop(loop_fn, size)
     if catch.ops:
         ops = ", ".join(f"`{op}`" for op in catch.ops)
         if fallback == "error":

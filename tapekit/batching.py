@@ -55,7 +55,9 @@ def vmap(
             vectorizes all of them.
         fallback: ``"warn"`` (default): ops without a pfor rule run one example at a time in a
             ``tf.while_loop`` (same result, slower) and a warning names their op types once;
-            ``"error"``: raise ``ValueError`` instead.
+            so does all of ``fn`` where pfor fails outright (e.g. on the gradient of a
+            ``tf.cond``, as AutoGraph makes of a Python ``if`` on a tensor; ``tf.where``
+            vectorizes). ``"error"``: raise ``ValueError`` instead.
 
     Returns:
         A function taking ``fn``'s arguments with the extra mapped axes. Each output leaf gets

@@ -23,8 +23,9 @@ from typing import Any
 
 import tensorflow as tf
 
+from . import _compile
 from ._tensors import ZERO, dense, variable
-from .batching import per_example_grads
+from .batching import per_example_grads, vmap
 from .errors import describe_received
 
 __all__ = ["gradient_noise_scale"]
@@ -73,7 +74,7 @@ def _chunk_grads(
         return tf.reshape(t, tf.concat([[chunks, -1], tf.shape(t)[1:]], 0))
 
     parts = tf.nest.map_structure(split, args)
-    return tf.vectorized_map(lambda part: _mean_gradient(loss_fn, variables, tuple(part)), parts)
+    return vmap(lambda *part: _mean_gradient(loss_fn, variables, part))(*parts)
 
 
 def _estimates(
@@ -182,7 +183,7 @@ def gradient_noise_scale(
             mean = [tf.reduce_mean(g, 0) for g in grads]
             small = tf.reduce_mean(_squared_norm(grads, axis=0))  # |G_1|², averaged
             return _estimates(small, _squared_norm(mean), tf.constant(1.0, dtype), size)
-        grads = _chunk_grads(per_example_loss, params, args, chunks)
+        grads = _chunk_grads(_compile.autographed(per_example_loss), params, args, chunks)
         mean = [tf.reduce_mean(g, 0) for g in grads]
         small = tf.reduce_mean(_squared_norm(grads, axis=0))
         return _estimates(small, _squared_norm(mean), size / chunks, size)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tapekit
+from tapekit._vectorize import VectorizationWarning
 
 N, D = 48, 3
 
@@ -105,3 +108,24 @@ def test_errors_name_the_argument_and_the_fix(regression):
     odd = _noise(w0, "two_batch", chunks=5)
     with pytest.raises(ValueError, match="multiple of chunks=5, but received a batch of 48"):
         odd(x, y)
+
+
+@pytest.mark.parametrize("method", ["per_example", "two_batch"])
+def test_a_python_if_in_the_loss_is_converted_and_gives_the_same_estimates(regression, method):
+    x, y, w0 = regression[:3]
+    w = tf.Variable(w0, dtype=tf.float64)
+
+    def half_square(r):
+        if tf.reduce_sum(r) > -1e300:  # always true, but a Python `if` on a tensor
+            return 0.5 * r**2
+        return r
+
+    def with_if(x, y):
+        return half_square(tf.linalg.matvec(x, w) - y)
+
+    with warnings.catch_warnings():  # per_example: the loop fallback says it is slower
+        warnings.simplefilter("ignore", VectorizationWarning)
+        got = tapekit.gradient_noise_scale(with_if, [w], method=method, chunks=4)(x, y)
+    want = _noise(w0, method, chunks=4)(x, y)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-10, err_msg=key)

@@ -215,6 +215,36 @@ def test_fallback_error_raises_naming_the_op():
         tapekit.vmap(_no_rule, fallback="error")(tf.ones([2, 2]))
 
 
+def _clipped_square(r):
+    if tf.reduce_sum(r) > 0.0:  # a Python `if` on a tensor: AutoGraph makes it a tf.cond
+        return r**2
+    return -r
+
+
+def _loss_with_if(w):
+    return lambda x: _clipped_square(tf.linalg.matvec(x, w))
+
+
+def test_a_python_if_in_per_example_grads_falls_back_to_a_loop_with_a_warning(rng):
+    # pfor cannot stack the gradient of that cond (its own while_loop fallback fails too):
+    # the examples run one by one, with the result of the tf.where form.
+    w = tf.Variable(rng.normal(size=3))
+    x = rng.normal(size=(6, 3))
+
+    def where_form(x):
+        r = tf.linalg.matvec(x, w)
+        return tf.where(tf.reduce_sum(r) > 0.0, r**2, -r)
+
+    with pytest.warns(VectorizationWarning, match=r"cannot vectorize.*tf\.where.*\(Shown once"):
+        looped = tapekit.per_example_grads(_loss_with_if(w), [w])(x)
+    vectorized = tapekit.per_example_grads(where_form, [w])(x)
+    np.testing.assert_allclose(looped[0], vectorized[0], rtol=1e-12)
+    in_graph = tf.function(lambda x: tapekit.per_example_grads(_loss_with_if(w), [w])(x))(x)
+    np.testing.assert_allclose(in_graph[0], vectorized[0], rtol=1e-12)
+    with pytest.raises(ValueError, match=r"cannot vectorize.*fallback='error' forbids"):
+        tapekit.per_example_grads(_loss_with_if(w), [w], fallback="error")(x)
+
+
 # --------------------------------------------------------------------------------------------
 # Errors
 
