@@ -320,6 +320,42 @@ def test_a_nonfinite_step_leaves_weights_and_optimizer_state_as_before_it(make):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
 
+def test_the_check_keeps_sparse_embedding_gradients_sparse():
+    # Holding the gradients back for the check must not turn IndexedSlices dense: training
+    # equals the unchecked run bitwise, and the gradient the optimizer gets stays sparse.
+    def build() -> keras.Model:
+        keras.utils.set_random_seed(0)
+        return keras.Sequential(
+            [
+                keras.Input((3,), dtype="int32"),
+                keras.layers.Embedding(50, 4),
+                keras.layers.Flatten(),
+                keras.layers.Dense(1),
+            ]
+        )
+
+    x = np.random.default_rng(0).integers(0, 50, size=(32, 3)).astype("int32")
+    y = np.random.default_rng(1).normal(size=(32, 1)).astype("float32")
+    seen = []
+
+    results = {}
+    for check in ("raise", None):
+        opt = keras.optimizers.Adam(0.01)
+        apply = opt.apply
+
+        def spying(grads, variables=None, apply=apply):
+            seen.append(type(grads[0]).__name__)
+            return apply(grads, variables)
+
+        opt.apply = spying
+        trainer = tapekit.Trainer(build, mse, optimizer=opt, logdir=False, on_nonfinite=check)
+        trainer.fit((x, y), batch_size=8, epochs=2, shuffle=False, verbose=0)
+        results[check] = trainer.get_weights()
+    assert set(seen) == {"IndexedSlices"}
+    for a, b in zip(results["raise"], results[None], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_nonfinite_steps_can_be_skipped():
     x, y = _nan_data()
     trainer = _train((x, y), epochs=1, on_nonfinite="skip", steps_per_execution=4)

@@ -63,7 +63,7 @@ __all__ = ["NONFINITE_MARK", "Failure", "OptimizerUpdate", "failure_of"]
 NONFINITE_MARK = "tapekit-nonfinite-step"
 # The Assert's message: [mark optimizer-index kept-variables has-loss] [step], then one
 # [value] per part (the kept variables' half squared gradient norms and, with a loss, last,
-# the loss) and one [count] per optimizer (its iterations at the failed update).
+# 0 * loss) and one [count] per optimizer (its iterations at the failed update).
 _FAILURE = re.compile(re.escape(NONFINITE_MARK) + r" (\d+) ([\d,]+|-) ([01])\] \[(-?\d+)\]")
 _VALUE = re.compile(r" \[([-+.\w]*)\]")  # one number: 0.5, -1e+30, nan, inf, 35
 
@@ -298,11 +298,12 @@ class OptimizerUpdate:
         self, grads: list[tf.Tensor], loss: tf.Tensor | None = None, check: bool = True
     ) -> tuple:
         """``(grads clipped, finite, parts)``: ``parts`` are scalars, each gradient's half
-        squared norm (what ``tf.linalg.global_norm`` sums) and, with a ``loss``, last, the
-        loss; ``finite`` is whether their sum is finite, one test for all of them (a
-        handful of ops: the check sits on the update's critical path). Under loss scaling
-        ``parts`` is only the loss (the LossScaleOptimizer skips non-finite gradients
-        itself); without ``check`` it is empty and ``finite`` True."""
+        squared norm (what ``tf.linalg.global_norm`` sums) and, with a ``loss``, last,
+        ``0 * loss`` (NaN exactly when the loss is not finite); ``finite`` is whether their
+        sum is finite, one test for all of them (a handful of ops: the check sits on the
+        update's critical path). Under loss scaling ``parts`` is only the loss entry (the
+        LossScaleOptimizer skips non-finite gradients itself); without ``check`` it is
+        empty and ``finite`` True."""
         wide = tf.float32
         dense = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
         if any(t.dtype == tf.float64 for t in [*dense, *([] if loss is None else [loss])]):
@@ -314,7 +315,7 @@ class OptimizerUpdate:
             halves = [tf.cast(tf.nn.l2_loss(g), wide) for g in dense]
         parts = list(halves) if check else []
         if check and loss is not None:
-            parts.append(tf.cast(loss, wide))
+            parts.append(tf.cast(loss, wide) * 0.0)  # 0, or NaN: a large loss cannot overflow
         finite = tf.math.is_finite(_sum(parts)) if parts else tf.constant(True)
         if self.clip_norm is not None:
             if halves:
@@ -330,8 +331,10 @@ class OptimizerUpdate:
         # Every op of the update waits for `after` (set here: replica functions may run in
         # threads of their own, which do not see the caller's control dependencies).
         if after and self.gate_gradients and grads:  # only what uses them waits (module doc)
+            parts = tf.nest.flatten(grads, expand_composites=True)  # IndexedSlices stay sparse
             with tf.control_dependencies(after):
-                grads = tf.identity_n(grads)
+                parts = tf.identity_n(parts)
+            grads = tf.nest.pack_sequence_as(grads, parts, expand_composites=True)
             after = ()
         with tf.control_dependencies(after):
             if self.aggregate:
