@@ -23,7 +23,7 @@ from tensorflow.python.ops.parallel_for import control_flow_ops as _pfor_ops
 
 from . import _args, _compile
 from ._args import fn_name
-from ._vectorize import VectorizationWarning, _loop, _reason
+from ._vectorize import VectorizationWarning, failure_reason, sequential_loop, watched
 
 Axes = Any
 """An int, ``None``, or a (nested) tuple / list / dict of them: a prefix of the values' nest."""
@@ -146,16 +146,8 @@ def _run_pfor(
     if chunk_size is not None and isinstance(size, int) and chunk_size >= size:
         chunk_size = None
     if chunk_size == 1:
-        return _loop(loop_fn, size)
-    body_failed = []
-
-    def body(i: tf.Tensor) -> list[tf.Tensor]:
-        try:
-            return loop_fn(i)
-        except Exception:
-            body_failed.append(True)  # the function's own error: it would recur in a loop
-            raise
-
+        return sequential_loop(loop_fn, size)
+    body, body_failed = watched(loop_fn)
     try:
         with _catching() as catch:
             out = _pfor_ops.pfor(
@@ -167,7 +159,7 @@ def _run_pfor(
         # error with fallback="error"
         if body_failed:
             raise
-        reason = re.sub(r"\s*(for )?<tf\.Tensor.*", "", _reason(exc))  # not graph names
+        reason = failure_reason(exc)
         if fallback == "error":
             raise ValueError(
                 f"{what}: TensorFlow cannot vectorize this computation ({reason}), and "
@@ -185,7 +177,7 @@ def _run_pfor(
                 VectorizationWarning,
                 stacklevel=4,
             )
-        return _loop(loop_fn, size)
+        return sequential_loop(loop_fn, size)
     if catch.ops:
         ops = ", ".join(f"`{op}`" for op in catch.ops)
         if fallback == "error":

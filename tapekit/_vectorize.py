@@ -32,14 +32,17 @@ from ._args import fn_name
 __all__ = [
     "VectorizationWarning",
     "check_batch",
+    "failure_reason",
     "forward",
     "forward_or_reverse",
     "pack_columns",
     "pfor",
     "reverse",
     "same_batch",
+    "sequential_loop",
     "size",
     "src_dtype",
+    "watched",
 ]
 
 _warned: set[tuple[str, str]] = set()
@@ -78,16 +81,8 @@ def pfor(
     if chunk_size is not None and isinstance(iters, int) and chunk_size >= iters:
         chunk_size = None
     if chunk_size == 1:  # one basis vector at a time: a plain sequential loop
-        return _loop(loop_fn, iters)
-    body_failed = []
-
-    def body(i: tf.Tensor) -> list[tf.Tensor]:
-        try:
-            return loop_fn(i)
-        except Exception:
-            body_failed.append(True)  # an error building the body itself: it would recur
-            raise
-
+        return sequential_loop(loop_fn, iters)
+    body, body_failed = watched(loop_fn)
     try:
         with _quiet():
             return _pfor_ops.pfor(
@@ -107,10 +102,10 @@ def pfor(
                 loop_fn, iters, fallback_to_while_loop=True, parallel_iterations=chunk_size
             )
     except (ValueError, TypeError, NotImplementedError):
-        out = _loop(loop_fn, iters)  # if this fails too, its error (maybe fn's own) is raised
+        out = sequential_loop(loop_fn, iters)  # if this fails too, its (maybe fn's) error is raised
     if (what, op) not in _warned:  # the fallback worked: say once that it is slower
         _warned.add((what, op))
-        reason = _reason(strict_error)
+        reason = failure_reason(strict_error)
         cannot = f"op `{op}`" if op else f"part of this computation ({reason})"
         warnings.warn(
             f"{what}: TensorFlow cannot vectorize {cannot}, so those iterations run one by one "
@@ -122,16 +117,34 @@ def pfor(
     return out
 
 
-def _reason(exc: BaseException) -> str:
-    """The message of ``exc`` without AutoGraph's "in user code:" frame listing."""
+def failure_reason(exc: BaseException) -> str:
+    """The message of ``exc`` without AutoGraph's "in user code:" frame listing or graph
+    tensor names, shortened: the reason in a fallback warning or error."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     lines = [ln for ln in lines if not ln.startswith(("in user code", "File "))]
     text = lines[-1] if lines else type(exc).__name__
     text = re.sub(r"^\w+(Error|Exception): ", "", text)
+    text = re.sub(r"\s*(for )?<tf\.Tensor.*", "", text)  # no graph tensor names
     return text.split(" (")[0][:80]
 
 
-def _loop(loop_fn: Callable[[tf.Tensor], list[tf.Tensor]], iters: Any) -> list[tf.Tensor]:
+def watched(loop_fn: Callable[[tf.Tensor], Any]) -> tuple[Callable[[tf.Tensor], Any], list]:
+    """``(body, failed)``: ``loop_fn`` as pfor's body, and a list that gets an entry when
+    ``loop_fn`` itself raises while pfor builds it. That is the function's own error, which
+    would recur in any fallback loop: raise it rather than retry."""
+    failed: list[bool] = []
+
+    def body(i: tf.Tensor) -> Any:
+        try:
+            return loop_fn(i)
+        except Exception:
+            failed.append(True)
+            raise
+
+    return body, failed
+
+
+def sequential_loop(loop_fn: Callable[[tf.Tensor], list[tf.Tensor]], iters: Any) -> list[tf.Tensor]:
     """One iteration after the other in a ``tf.while_loop`` (no vectorization)."""
     dtypes = [t.dtype for t in loop_fn(tf.constant(0))]
     return _pfor_ops.for_loop(loop_fn, dtypes, iters, parallel_iterations=1)

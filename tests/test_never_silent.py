@@ -290,7 +290,9 @@ def test_the_vectorization_warning_gives_the_reason_without_autographs_frames():
         'in user code:\n\n    File "/x.py", line 3, in f  *\n        return g(x)\n\n'
         "    ValueError: Attempted to stack a variant-dtype tensor (in pfor)\n"
     )
-    assert _vectorize._reason(exc) == "Attempted to stack a variant-dtype tensor"
+    assert _vectorize.failure_reason(exc) == "Attempted to stack a variant-dtype tensor"
+    named = ValueError("Required handle data not set for <tf.Tensor 'loop_body/cond:2' shape=()>")
+    assert _vectorize.failure_reason(named) == "Required handle data not set"
 
 
 def test_by_design_zero_gradients_stay_zero_as_in_jax():

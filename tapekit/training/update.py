@@ -261,12 +261,13 @@ class OptimizerUpdate:
                 token = ctx.merge_call(self._cross_apply_unchecked, args=(grads, tuple(keep)))
             self.tokens.append(token)
             return token
-        local_ok = self._all_finite(grads) if self.loss_scaled else None
+        unclipped = grads
         grads, finite, parts = self._check_and_clip(grads, loss)
         if self.replicas > 1:  # one small collective: every replica takes the same decision
             loss_ok = tf.constant(True) if loss is None else tf.math.is_finite(loss)
-            grads_ok = local_ok
-            if not self.loss_scaled:
+            if self.loss_scaled:  # (parts hold no gradient norms then)
+                grads_ok = self._all_finite(unclipped)
+            else:
                 grads_ok = tf.math.is_finite(_sum(parts[:-1] if loss is not None else parts))
             flags = tf.stack([grads_ok, loss_ok])
             bad = ctx.all_reduce(_SUM, 1.0 - tf.cast(flags, tf.float32))
