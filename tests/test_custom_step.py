@@ -406,3 +406,53 @@ def test_learning_rate_callbacks_adjust_the_named_optimizer_of_several():
     unnamed = _gan.trainer(callbacks=[tapekit.LearningRateScheduler(lambda e: 0.1)], logdir=False)
     with pytest.raises(ValueError, match=r"has 2 \(generator, critic\).*optimizer='generator'"):
         unnamed.fit(_gan.real_data(), epochs=1, batch_size=16, verbose=0)
+
+
+@pytest.mark.parametrize("loop", ["python", "tf.range", "python if"])
+def test_iteration_counts_after_a_nan_midway_through_a_step(loop):
+    # NaN in the third critic update of step 2: the counts go back to what they were at that
+    # update (2 steps of 3 critic updates and 1 generator update, then 2 more critic updates),
+    # whether the updates are straight-line code (counted while tracing), in a tf.range loop
+    # or behind a Python `if` on a tensor (control flow: the counts are read at the update).
+    def build(name: str) -> keras.Model:
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)], name=name)
+
+    x = tf.constant([[1.0, 2.0], [0.5, -1.0]])
+
+    def step(ctx, batch):
+        critic, generator = ctx.models["critic"], ctx.models["generator"]
+
+        def critic_update(k):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(critic(generator(x)) ** 2)
+                bad = tf.logical_and(tf.equal(ctx.step, 2), tf.equal(k, 2))
+                loss = loss * tf.where(bad, np.nan, 1.0)
+            ctx.minimize("critic", loss, tape)
+
+        if loop == "tf.range":
+            for k in tf.range(3):
+                critic_update(k)
+        else:
+            for k in range(3):
+                if loop == "python if" and ctx.step >= 0:  # a tf.cond once converted
+                    critic_update(tf.constant(k))
+                elif loop == "python":
+                    critic_update(tf.constant(k))
+        with tf.GradientTape() as tape:
+            g_loss = tf.reduce_mean(critic(generator(x)))
+        ctx.minimize("generator", g_loss, tape)
+        return {"generator_loss": g_loss}
+
+    trainer = tapekit.Trainer(
+        models={"critic": build("critic"), "generator": build("generator")},
+        step=step,
+        optimizers={"critic": keras.optimizers.Adam(0.01), "generator": keras.optimizers.Adam()},
+        logdir=False,
+    )
+    with pytest.raises(tapekit.NonFiniteError, match=r"at step 2 in the loss of the 'critic'"):
+        trainer.fit(None, steps_per_epoch=5, verbose=0)
+    assert trainer.global_step == 2
+    assert int(trainer.optimizers["critic"].iterations.numpy()) == 2 * 3 + 2
+    assert int(trainer.optimizers["generator"].iterations.numpy()) == 2
+    assert all(np.isfinite(w).all() for w in trainer.get_weights())

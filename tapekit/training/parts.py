@@ -190,7 +190,6 @@ def assemble(
     with strategy.scope():
         state = TrainState(seed)
     source = fn_name(step if step is not None else loss_fn)
-    counters = [opts[name].iterations for name in found]
     updates = {
         name: OptimizerUpdate(
             name,
@@ -205,7 +204,6 @@ def assemble(
             on_nonfinite=on_nonfinite,
             allow_unused=allow_unused,
             source=source,
-            counters=counters,
         )
         for i, (name, (variables, names)) in enumerate(found.items())
     }

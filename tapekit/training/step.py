@@ -32,7 +32,7 @@ from .context import StepContext
 from .data import distribute, leading_size, relaxed_spec
 from .distribution import first_local
 from .state import RunningMeans, TrainState
-from .update import Failure, OptimizerUpdate
+from .update import Failure, OptimizerUpdate, StepFrame
 
 __all__ = ["CompiledSteps"]
 
@@ -228,17 +228,20 @@ class CompiledSteps:
         return values, examples
 
     def _one_step(self, batches: list[Any] | None) -> dict[str, tf.Tensor]:
-        for u in self.updates.values():
-            u.tokens, u.last_grads = [], None
+        updates = list(self.updates.values())
+        frame = None
+        if any(u.on_nonfinite == "raise" for u in updates):  # read once for all checks
+            frame = StepFrame(self.state.step, updates)
+        for u in updates:
+            u.tokens, u.checks, u.last_grads, u.frame = [], [], None, frame
         values, examples = self.strategy.run(self._replica_step, args=(batches,))
         values, examples = first_local(self.strategy, (values, examples))
-        tokens = [t for u in self.updates.values() for t in u.tokens]
+        tokens = [t for u in updates for t in u.tokens]
+        checks = [c for u in updates for c in u.checks]
         written = []
         if self.hook is not None:  # every worker runs it: its all-reduce is a collective
             logged = {n: u for n, u in self.updates.items() if u.last_grads is not None}
             written = [self.hook.train_step(self.state.step, values, logged)]
-        with tf.control_dependencies(tokens + written):  # a failing step is logged first
-            applied = tf.reduce_all(tf.stack(tokens)) if tokens else tf.constant(True)
 
         def count() -> tf.Tensor:
             self.train_means.add({k: v * examples for k, v in values.items()}, examples)
@@ -250,10 +253,12 @@ class CompiledSteps:
             self.state.step.assign_add(1)
             return tf.constant(False)
 
-        if any(u.on_nonfinite == "skip" for u in self.updates.values()):
+        if any(u.on_nonfinite == "skip" for u in updates):
+            with tf.control_dependencies(written):  # a failing step is logged first
+                applied = tf.reduce_all(tf.stack(tokens)) if tokens else tf.constant(True)
             tf.cond(applied, count, skip)
-        else:  # a failed update stopped the call already (see update.py)
-            with tf.control_dependencies([applied]):
+        else:  # after every check: a failed one stopped the call already (see update.py)
+            with tf.control_dependencies(tokens + checks + written):
                 count()
         return values
 
@@ -312,11 +317,13 @@ class CompiledSteps:
 
         return self.strategy.experimental_distribute_values_from_function(part)
 
-    def restore_iterations(self, counts: list[int]) -> None:
-        """Every optimizer's iteration count as it was at an update that failed its check
-        (an optimizer may count an update before the check stops it, see update.py)."""
-        for update, count in zip(self.updates.values(), counts):
-            update.optimizer.iterations.assign(count)
+    def restore_iterations(self, counts: Mapping[int, int]) -> None:
+        """Put back the iteration counts (optimizer index -> count) as they were at an update
+        that failed its check (an optimizer may count an update before the check stops it,
+        see update.py)."""
+        updates = list(self.updates.values())
+        for index, count in counts.items():
+            updates[index].optimizer.iterations.assign(count)
 
     def nonfinite_error(self, failure: Failure, saved: str) -> NonFiniteError:
         """The error for the update that failed (``failure`` is :func:`failure_of`'s)."""

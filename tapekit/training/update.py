@@ -25,7 +25,11 @@ user-written step alike, goes through :class:`OptimizerUpdate`:
      gradients still are, as without the check (a WGAN-GP step has six updates: waiting
      whole made the check cost 10-15% of its time, now about 5%). Their one write that does
      not use the gradient, the iteration count, may land before the Assert stops the call;
-     the counts in the message (read where the failed update is, in program order) undo it.
+     the message says what the counts were at the failed update, in program order, and the
+     host puts them back. The counts are read once per step (:class:`StepFrame`) and each
+     update's message adds how many updates of each optimizer the step made before it,
+     counted while tracing, so an update reads no variable for its check (an update inside
+     the step's own control flow, whose count is not known while tracing, reads them).
      Every other optimizer waits for the check whole.
    * ``"skip"``: inside ``tf.cond(finite, apply, skip)`` (a synchronising update cannot sit
      in a ``tf.cond`` in replica context, hence the merge).
@@ -34,8 +38,9 @@ user-written step alike, goes through :class:`OptimizerUpdate`:
    Under float16 loss scaling the ``LossScaleOptimizer`` decides itself; a replica whose local
    gradient overflowed makes every replica's gradient non-finite first, so all of them skip.
 
-``apply`` returns a boolean token (was the update applied); the step waits on all tokens before
-it advances the counters, and keeps the last gradient per optimizer for the logging hook.
+``apply`` returns a boolean token (was the update applied); the step waits on all tokens (and
+the checks) before it advances the counters, and keeps the last gradient per optimizer for the
+logging hook.
 
 The finiteness test is one ``is_finite`` of one sum: of the global norm's own squares
 (``tf.nn.l2_loss`` per gradient, as ``tf.linalg.global_norm`` computes them, so checking costs
@@ -58,13 +63,16 @@ import tensorflow as tf
 from ..errors import DisconnectedGradientError
 from .distribution import first_local
 
-__all__ = ["NONFINITE_MARK", "Failure", "OptimizerUpdate", "failure_of"]
+__all__ = ["NONFINITE_MARK", "Failure", "OptimizerUpdate", "StepFrame", "failure_of"]
 
 NONFINITE_MARK = "tapekit-nonfinite-step"
-# The Assert's message: [mark optimizer-index kept-variables has-loss] [step], then one
-# [value] per part (the kept variables' half squared gradient norms and, with a loss, last,
-# 0 * loss) and one [count] per optimizer (its iterations at the failed update).
-_FAILURE = re.compile(re.escape(NONFINITE_MARK) + r" (\d+) ([\d,]+|-) ([01])\] \[(-?\d+)\]")
+# The Assert's message: [mark optimizer-index kept-variables has-loss counted] [step], then
+# one [value] per part (the kept variables' half squared gradient norms and, with a loss,
+# last, 0 * loss) and one [count] per counted optimizer: "counted" lists them as
+# index+offset, and an optimizer's iterations at the failed update are count + offset.
+_FAILURE = re.compile(
+    re.escape(NONFINITE_MARK) + r" (\d+) ([\d,]+|-) ([01]) ([\d+,]+|-)\] \[(-?\d+)\]"
+)
 _VALUE = re.compile(r" \[([-+.\w]*)\]")  # one number: 0.5, -1e+30, nan, inf, 35
 
 # Built-in Keras optimizers whose ``apply`` writes nothing before it uses the gradients but
@@ -100,7 +108,8 @@ class Failure(NamedTuple):
     index: int  # the optimizer's index
     bad_loss: bool  # the update's loss was not finite
     flags: list[bool]  # per variable (up to the last one with a gradient): not finite
-    iterations: list[int]  # every optimizer's iteration count at the failed update
+    iterations: dict[int, int]  # optimizer index -> its count at the failed update (those
+    # whose count may run ahead of the check, see module doc)
 
 
 def failure_of(message: str) -> Failure | None:
@@ -108,18 +117,19 @@ def failure_of(message: str) -> Failure | None:
     ``message`` is not one.
 
     Example:
-        >>> failure_of(
-        ...     "assertion failed: [tapekit-nonfinite-step 1 0,1,2 1] [7] [0.5] [nan] [2] "
-        ...     "[-1.5] [35] [7]\\n\\t [[{{node while/update/Assert}}]]"
+        >>> failure = failure_of(
+        ...     "assertion failed: [tapekit-nonfinite-step 1 0,1,2 1 0+1,1+4] [7] [0.5] [nan] "
+        ...     "[2] [-1.5] [35] [3]\\n\\t [[{{node while/update/Assert}}]]"
         ... )
-        Failure(step=7, index=1, bad_loss=False, flags=[False, True, False], iterations=[35, 7])
+        >>> failure.flags, failure.iterations  # optimizer 0 had made 1 update, 1 made 4
+        ([False, True, False], {0: 36, 1: 7})
         >>> failure_of("some other error") is None
         True
     """
     found = _FAILURE.search(message)
     if found is None:
         return None
-    index, kept, with_loss, step = found.groups()
+    index, kept, with_loss, counted, step = found.groups()
     values, at = [], found.end()
     while (value := _VALUE.match(message, at)) is not None:  # the values that follow, only
         values.append(value.group(1))
@@ -131,7 +141,11 @@ def failure_of(message: str) -> Failure | None:
     flags = [False] * (max(positions, default=-1) + 1)
     for i, flag in zip(positions, bad):
         flags[i] = flag
-    return Failure(int(step), int(index), bad_loss, flags, [int(c) for c in values[parts:]])
+    iterations = {}
+    for entry, count in zip([] if counted == "-" else counted.split(","), values[parts:]):
+        which, offset = entry.split("+")
+        iterations[int(which)] = int(count) + int(offset)
+    return Failure(int(step), int(index), bad_loss, flags, iterations)
 
 
 def _sum(parts: list[tf.Tensor]) -> tf.Tensor:
@@ -141,6 +155,48 @@ def _sum(parts: list[tf.Tensor]) -> tf.Tensor:
 
 
 _SUM = tf.distribute.ReduceOp.SUM
+
+
+class StepFrame:
+    """Trace-time: what the non-finite checks of one traced step share, read once at the
+    step's start in cross-replica context (not once per update: every op on an update's
+    critical path counts, see module doc).
+
+    It holds the step counter's value and the iteration counts of the optimizers that may
+    count an update before its check stops the call (``OptimizerUpdate.gate_gradients``),
+    and how many updates of each the step has traced so far. While the updates are
+    straight-line code in the step's own graph, the count at an update is the count at the
+    step's start plus that number; an update in a branch or loop of the step makes the
+    numbers unknown, and from there on each update reads the counts itself.
+
+    Args:
+        step: The Trainer's step counter.
+        updates: Every optimizer update of the Trainer.
+    """
+
+    def __init__(self, step: tf.Variable, updates: Sequence[OptimizerUpdate]) -> None:
+        self.graph = tf.compat.v1.get_default_graph()
+        self.step = tf.cast(tf.convert_to_tensor(step), tf.int64)
+        self.counted = [u for u in updates if u.gate_gradients]
+        self.counts = [tf.convert_to_tensor(u.optimizer.iterations) for u in self.counted]
+        self.done = [0] * len(self.counted)
+        self.static = True
+
+    def at_update(self, update: OptimizerUpdate) -> tuple[str, list[tf.Tensor]]:
+        """``(counted, counts)`` for the message of ``update``'s check (see ``_FAILURE``),
+        and counts ``update`` as traced."""
+        if self.static and tf.compat.v1.get_default_graph() is not self.graph:
+            self.static = False  # inside the step's control flow: how often it ran is unknown
+        if self.static:
+            counts, offsets = self.counts, self.done
+        else:
+            counts = [tf.convert_to_tensor(u.optimizer.iterations) for u in self.counted]
+            offsets = [0] * len(self.counted)
+        counted = ",".join(f"{u.index}+{k}" for u, k in zip(self.counted, offsets)) or "-"
+        for i, u in enumerate(self.counted):
+            if u is update:
+                self.done[i] += 1
+        return counted, list(counts)
 
 
 class OptimizerUpdate:
@@ -159,9 +215,6 @@ class OptimizerUpdate:
         on_nonfinite: ``"raise"``, ``"skip"`` or ``None`` (no check).
         allow_unused: Allow variables that get no gradient.
         source: The user function's name, for messages.
-        counters: The ``iterations`` of every optimizer of the Trainer, in index order
-            (default: this one's): the failure message carries their values at the failed
-            update, and the host puts them back (see :func:`failure_of`).
     """
 
     def __init__(
@@ -179,10 +232,8 @@ class OptimizerUpdate:
         on_nonfinite: str | None,
         allow_unused: bool,
         source: str,
-        counters: Sequence[Any] = (),
     ) -> None:
         self.name, self.index, self.optimizer = name, index, optimizer
-        self.counters = list(counters) or [optimizer.iterations]
         self.variables, self.names = list(variables), list(names)
         self.strategy, self.step = strategy, step
         self.clip_norm, self.clip_value = clip_norm, clip_value
@@ -201,6 +252,8 @@ class OptimizerUpdate:
         self.gate_gradients = _gradients_suffice(optimizer)
         self.last_grads: Any = None  # trace-time: the newest applied gradient (per replica)
         self.tokens: list[tf.Tensor] = []  # trace-time: one per apply of the current step
+        self.checks: list[Any] = []  # trace-time: the Asserts of the current step's applies
+        self.frame: StepFrame | None = None  # trace-time: the current step's (set by it)
         self.probing = False  # while the step is traced only to check it: apply nothing
         # With "skip" on one replica the update sits in its tf.cond branch as one call of a
         # function that is not inlined: a lowered cond costs a little for every op of its
@@ -375,18 +428,20 @@ class OptimizerUpdate:
         # "raise": the update waits for the check; a failure aborts the call (see module doc).
         # The message says which variables the entries of `parts` belong to (see failure_of).
         kept = "-" if self.loss_scaled else ",".join(map(str, keep)) or "-"
+        frame = self.frame or StepFrame(self.step, [self])
+        counted, counts = frame.at_update(self)
         check = tf.raw_ops.Assert(
             condition=finite,
             data=[
-                tf.constant(f"{NONFINITE_MARK} {self.index} {kept} {int(with_loss)}"),
-                tf.cast(self.step, tf.int64),
+                tf.constant(f"{NONFINITE_MARK} {self.index} {kept} {int(with_loss)} {counted}"),
+                frame.step,
                 *parts,
-                *[tf.convert_to_tensor(c) for c in self.counters],
+                *counts,
             ],
         )
         strategy.run(self._apply_local, args=(grads, keep, (check,)))
-        with tf.control_dependencies([check]):
-            return tf.identity(finite)
+        self.checks.append(check)  # the step waits for it (the token does not)
+        return finite  # True wherever the call goes on: a failed check stops it
 
     def logged_gradients(self) -> tuple[list[tf.Tensor], list[Any]]:
         """The newest applied gradient, aggregated and unscaled, with its variables.
