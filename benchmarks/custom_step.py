@@ -2,8 +2,11 @@
 
 One step = 5 critic updates with the gradient penalty (a gradient of a gradient) + 1 generator
 update, batch 256, two Adam optimizers, samples and noise from a seeded ``tf.random.Generator``.
-Configurations, all in one process and interleaved over ``--rounds`` rounds; the figures are
-medians over the rounds (the project's rule), with the minima (the least disturbed runs) beside:
+Configurations, all in one process and interleaved over ``--rounds`` rounds, each built
+``--instances`` times (identical instances of one configuration differ by up to 5-10% on a
+shared VM, run after run: memory placement, threads; one instance per configuration would
+measure that luck); the figures are medians over the rounds (the project's rule) of the mean
+over the instances, with the minima (the least disturbed runs) beside:
 
 * hand-written, one ``tf.function`` call per step (the usual custom loop);
 * hand-written, ``--steps`` steps inside one ``tf.function`` (a ``tf.range`` loop), also with
@@ -17,10 +20,10 @@ The last line compares ``Trainer.fit`` (logging off, the default check on) with 
 the two hand loops (the ``tf.range`` loop): the median over rounds of the two times' ratio
 within each round (measured seconds apart, so a machine that slows down for a while, as shared
 VMs do, slows both). Target (issue 11): <= 1.05. The medians of the times themselves are
-printed too.
+printed too, and the ratio per instance (its spread shows the instances' luck).
 
-    python benchmarks/custom_step.py             # about two minutes
-    python benchmarks/custom_step.py --rounds 5  # quicker, noisier
+    python benchmarks/custom_step.py             # about four minutes
+    python benchmarks/custom_step.py --rounds 5 --instances 1  # quicker, noisier
 """
 
 from __future__ import annotations
@@ -134,46 +137,64 @@ def trainer_fit(**kw) -> tapekit.Trainer:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=21, help="interleaved repetitions")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved repetitions")
+    parser.add_argument("--instances", type=int, default=3, help="builds of each configuration")
     parser.add_argument("--steps", type=int, default=128, help="steps per measurement")
     args = parser.parse_args(argv)
     steps = args.steps
-    one, many = hand_step()
-    _, many_checked = hand_step(checked=True)
     n = tf.constant(steps, tf.int64)
-    off, on = trainer_fit(), trainer_fit(logdir=tempfile.mkdtemp(prefix="tapekit-bench-"))
-    unchecked = trainer_fit(on_nonfinite=None)
-
-    def run_one() -> None:
-        for _ in range(steps):
-            one()
 
     def fit(trainer: tapekit.Trainer) -> Callable[[], None]:
         return lambda: trainer.fit(None, steps_per_epoch=steps, epochs=trainer.epoch + 1, verbose=0)
 
-    runners = {
-        "hand-written, tf.function per step": run_one,
-        "hand-written, tf.range loop in one call": lambda: many(n),
-        "  the same, each update checked for NaN": lambda: many_checked(n),
-        "Trainer.fit, custom step, logging off": fit(off),
-        "Trainer.fit, custom step, logging on": fit(on),
-        "Trainer.fit, logging off, on_nonfinite=None": fit(unchecked),
+    def one_per_step() -> Callable[[], None]:
+        one = hand_step()[0]
+
+        def run() -> None:
+            for _ in range(steps):
+                one()
+
+        return run
+
+    def in_one_call(checked: bool) -> Callable[[], None]:
+        many = hand_step(checked=checked)[1]
+        return lambda: many(n)
+
+    builders: dict[str, Callable[[], Callable[[], None]]] = {
+        "hand-written, tf.function per step": one_per_step,
+        "hand-written, tf.range loop in one call": lambda: in_one_call(False),
+        "  the same, each update checked for NaN": lambda: in_one_call(True),
+        "Trainer.fit, custom step, logging off": lambda: fit(trainer_fit()),
+        "Trainer.fit, custom step, logging on": lambda: fit(
+            trainer_fit(logdir=tempfile.mkdtemp(prefix="tapekit-bench-"))
+        ),
+        "Trainer.fit, logging off, on_nonfinite=None": lambda: fit(trainer_fit(on_nonfinite=None)),
     }
-    for run in runners.values():
+    names = list(builders)
+    runs = []  # (name, instance, run), built in turns: no configuration is always built first
+    for i in range(args.instances):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            runs.append((name, i, builders[name]()))
+    for _, _, run in runs:
         run()  # warm-up: tracing
-    times: dict[str, list[float]] = {name: [] for name in runners}
+    each: dict[tuple[str, int], list[float]] = {(name, i): [] for name, i, _ in runs}
     for r in range(args.rounds):  # every other round in reverse order: no place is favoured
-        for name, run in list(runners.items())[:: 1 if r % 2 == 0 else -1]:
+        for name, i, run in runs[:: 1 if r % 2 == 0 else -1]:
             start = time.perf_counter()
             run()
-            times[name].append((time.perf_counter() - start) / steps * 1e3)
+            each[(name, i)].append((time.perf_counter() - start) / steps * 1e3)
+    times = {  # per round: the mean over the instances
+        name: [statistics.fmean(t) for t in zip(*(each[(name, i)] for i in range(args.instances)))]
+        for name in names
+    }
     med = {name: statistics.median(t) for name, t in times.items()}
     low = {name: min(t) for name, t in times.items()}
     hands = ("hand-written, tf.function per step", "hand-written, tf.range loop in one call")
     hand, hand_low = min(med[h] for h in hands), min(low[h] for h in hands)
     print(
         f"WGAN-GP step: {CRITIC_STEPS} critic updates (gradient penalty) + 1 generator update, "
-        f"batch {BATCH}; {args.rounds} alternating rounds of {steps} steps"
+        f"batch {BATCH}; {args.rounds} alternating rounds of {steps} steps, "
+        f"{args.instances} instance(s) of each configuration"
     )
     print(f"{'configuration':42s} {'median ms':>9s} {'vs hand':>8s} {'min ms':>8s} {'vs hand':>8s}")
     for name in times:
@@ -186,6 +207,13 @@ def main(argv: list[str] | None = None) -> None:
     def paired(a: str, b: str) -> float:  # the median of the rounds' ratios
         return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
+    def instance(i: int) -> float:
+        pairs = zip(each[(ours, i)], each[(base, i)], strict=True)
+        return statistics.median(x / y for x, y in pairs)
+
+    if args.instances > 1:
+        spread = " ".join(f"{instance(i):.2f}" for i in range(args.instances))
+        print(f"custom step / hand-written, per instance pair (per round): {spread}")
     print(f"custom step / hand-written, medians of the times: {med[ours] / hand:.2f}")
     print(f"custom step / hand-written (minima): {low[ours] / hand_low:.2f}")
     print(
