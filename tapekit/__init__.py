@@ -28,10 +28,12 @@ _EXPORTS = {
     "LearningRateScheduler": ".training",
     "NonFiniteError": ".errors",
     "ReduceLROnPlateau": ".training",
+    "RetracingWarning": "._compile",
     "StepContext": ".training",
     "Tape": ".tape",
     "TapekitError": ".errors",
     "Trainer": ".training",
+    "VectorizationWarning": "._vectorize",
     "batch_jacobian": ".jacobians",
     "check_grads": ".checking",
     "checkpoint": ".recompute",
@@ -68,10 +70,12 @@ __all__ = [
     "LearningRateScheduler",
     "NonFiniteError",
     "ReduceLROnPlateau",
+    "RetracingWarning",
     "StepContext",
     "Tape",
     "TapekitError",
     "Trainer",
+    "VectorizationWarning",
     "batch_jacobian",
     "check_grads",
     "checkpoint",
@@ -97,6 +101,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
+    from ._compile import RetracingWarning
+    from ._vectorize import VectorizationWarning
     from .batching import per_example_grad_norms, per_example_grads, vmap
     from .checking import check_grads
     from .errors import DisconnectedGradientError, NonFiniteError, TapekitError

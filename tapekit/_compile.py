@@ -244,7 +244,21 @@ class _Entry:
 
 
 class RetracingWarning(UserWarning):
-    """A compiled transform of one function was traced more than ``RETRACE_WARNING`` times."""
+    """A compiled transform of one function was traced more than ``RETRACE_WARNING`` times
+    (usually: a Python number that changes from call to call; pass a tensor instead). Public
+    as ``tapekit.RetracingWarning``.
+
+    Example:
+        >>> import warnings, tapekit
+        >>> import tensorflow as tf
+        >>> h = tapekit.hessian(lambda x, t: tf.reduce_sum(x**3) * t)  # compiled
+        >>> with warnings.catch_warnings(record=True) as seen:
+        ...     warnings.simplefilter("always", tapekit.RetracingWarning)
+        ...     for t in range(10):  # a new Python number each call: a new trace each time
+        ...         _ = h(tf.ones(2), float(t))
+        >>> [w.category.__name__ for w in seen][:1]
+        ['RetracingWarning']
+    """
 
 
 RETRACE_WARNING = 8

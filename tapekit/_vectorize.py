@@ -49,7 +49,16 @@ _warned: set[tuple[str, str]] = set()
 
 
 class VectorizationWarning(UserWarning):
-    """pfor could not vectorize an op and runs those iterations in a ``tf.while_loop`` (slower)."""
+    """pfor could not vectorize an op and runs those iterations in a ``tf.while_loop`` (same
+    result, slower); shown once per cause. Public as ``tapekit.VectorizationWarning``.
+
+    Example:
+        >>> import warnings, tensorflow as tf, tapekit
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", tapekit.VectorizationWarning)
+        ...     tapekit.vmap(tf.strings.as_string)(tf.constant([1, 2])).numpy()
+        array([b'1', b'2'], dtype=object)
+    """
 
 
 class _DropLogs(logging.Filter):

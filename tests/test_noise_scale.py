@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import tapekit
-from tapekit._vectorize import VectorizationWarning
+from tapekit import VectorizationWarning
 
 N, D = 48, 3
 

@@ -77,7 +77,7 @@ def test_control_flow_in_forward_mode(compile):
         lambda x: tf.gather_nd(x, [[1], [0], [1]]) ** 2,
     ]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", tapekit._vectorize.VectorizationWarning)
+        warnings.simplefilter("ignore", tapekit.VectorizationWarning)
         for f in fns:
             fwd = tapekit.jacobian(f, mode="fwd", compile=compile)(x)
             np.testing.assert_allclose(fwd, tapekit.jacobian(f, mode="rev")(x), rtol=1e-6)

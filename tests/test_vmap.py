@@ -10,8 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tapekit
-from tapekit import _compile
-from tapekit._vectorize import VectorizationWarning
+from tapekit import VectorizationWarning, _compile
 
 
 def _f(w, x):
