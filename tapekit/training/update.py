@@ -19,14 +19,17 @@ user-written step alike, goes through :class:`OptimizerUpdate`:
      (its logging included), runs; its message carries the step, the optimizer, which values
      were not finite and every optimizer's iteration count (:func:`failure_of`), and the host
      puts those counts back and raises :class:`tapekit.NonFiniteError`. For the built-in
-     optimizers whose every slot and variable write uses the gradient (Adam, SGD, RMSprop,
-     Adagrad, Adamax, Lion, without weight decay, EMA or accumulation) only the gradients
-     wait: their learning rate, bias corrections and step powers are computed while the
-     gradients still are, as without the check (a WGAN-GP step has six updates: waiting
-     whole made the check cost 10-15% of its time, now about 5%). Their one write that does
-     not use the gradient, the iteration count, may land before the Assert stops the call;
-     the message says what the counts were at the failed update, in program order, and the
-     host puts them back. The counts are read once per step (:class:`StepFrame`) and each
+     optimizers that write every slot and variable through ``optimizer.assign``,
+     ``assign_add`` and ``assign_sub`` (Adam, SGD, RMSprop, Adagrad, Adamax, Lion, without
+     weight decay, EMA, accumulation or variables overwritten with their gradient) only
+     those writes wait (:func:`_writes_wait`): the update's arithmetic runs while the step's
+     other gradients are still computed, as without the check, and only the writes, the
+     few ops that make the update visible, wait for it. A WGAN-GP step has six updates:
+     waiting whole made the check cost 10-15% of its time, holding back the gradients
+     about 5%, holding back the writes about 1-2%. Their one write that does not go
+     through those methods, the iteration count, may land before the Assert stops the
+     call; the message says what the counts were at the failed update, in program order,
+     and the host puts them back. The counts are read once per step (:class:`StepFrame`) and each
      update's message adds how many updates of each optimizer the step made before it,
      counted while tracing, so an update reads no variable for its check (an update inside
      the step's own control flow, whose count is not known while tracing, reads them).
@@ -53,8 +56,9 @@ finds in them which were not finite. A variable is named as non-finite when its 
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import keras
@@ -75,9 +79,11 @@ _FAILURE = re.compile(
 )
 _VALUE = re.compile(r" \[([-+.\w]*)\]")  # one number: 0.5, -1e+30, nan, inf, 35
 
-# Built-in Keras optimizers whose ``apply`` writes nothing before it uses the gradients but
-# the iteration count (checked in their sources: every slot and variable write uses them).
-_GRADIENT_ONLY = (
+# Built-in Keras optimizers whose ``update_step`` writes every slot and variable through
+# ``self.assign`` / ``assign_add`` / ``assign_sub`` (checked in their sources; Keras asks
+# optimizers to write that way), so that ``apply`` writes nothing else but the iteration
+# count (and, after the update, variable constraints, which read the updated variables).
+_WRITES_THROUGH_ASSIGN = (
     keras.optimizers.Adam,
     keras.optimizers.SGD,
     keras.optimizers.RMSprop,
@@ -87,18 +93,45 @@ _GRADIENT_ONLY = (
 )
 
 
-def _gradients_suffice(optimizer: Any) -> bool:
-    """Whether holding back the gradients holds back every write of ``optimizer.apply`` but
-    the iteration count (put back from the failure message): one of the built-in optimizers
-    above, exactly, without weight decay (a write that does not use the gradient), EMA or
-    gradient accumulation. Others (Nadam's running product, AdamW, user subclasses) wait for
-    the check as a whole."""
+def _writes_suffice(optimizer: Any, variables: Sequence[Any]) -> bool:
+    """Whether holding back ``optimizer.assign``/``assign_add``/``assign_sub`` holds back every
+    write of ``optimizer.apply`` but the iteration count (put back from the failure message):
+    one of the built-in optimizers above, exactly, without weight decay, EMA or gradient
+    accumulation (they write directly) and without variables that are overwritten with
+    their gradient (float8 scales). Others (Nadam, AdamW, user subclasses) wait for the
+    check as a whole."""
     return (
-        type(optimizer) in _GRADIENT_ONLY
+        type(optimizer) in _WRITES_THROUGH_ASSIGN
         and getattr(optimizer, "weight_decay", None) is None
         and not getattr(optimizer, "use_ema", False)
         and not getattr(optimizer, "gradient_accumulation_steps", None)
+        and not any(getattr(v, "overwrite_with_gradient", False) for v in variables)
     )
+
+
+@contextlib.contextmanager
+def _writes_wait(optimizer: Any, checks: Sequence[Any]) -> Iterator[None]:
+    """Within the block, every ``optimizer.assign``, ``assign_add`` and ``assign_sub`` (the
+    writes of a slot or variable) waits for ``checks``; the values they write are computed
+    as soon as their inputs are. The instance's methods are shadowed for the block only
+    (entered once, in cross-replica context: the replicas' threads see the shadows, and
+    each write enters the control dependencies in the thread that makes it)."""
+    names = ("assign", "assign_add", "assign_sub")
+
+    def waiting(write: Any) -> Any:
+        def write_after_checks(variable: Any, value: Any) -> Any:
+            with tf.control_dependencies(checks):
+                return write(variable, value)
+
+        return write_after_checks
+
+    for name in names:  # object.__setattr__: not through Keras's attribute tracking
+        object.__setattr__(optimizer, name, waiting(getattr(optimizer, name)))
+    try:
+        yield
+    finally:
+        for name in names:
+            object.__delattr__(optimizer, name)
 
 
 class Failure(NamedTuple):
@@ -163,7 +196,7 @@ class StepFrame:
     critical path counts, see module doc).
 
     It holds the step counter's value and the iteration counts of the optimizers that may
-    count an update before its check stops the call (``OptimizerUpdate.gate_gradients``),
+    count an update before its check stops the call (``OptimizerUpdate.gate_writes``),
     and how many updates of each the step has traced so far. While the updates are
     straight-line code in the step's own graph, the count at an update is the count at the
     step's start plus that number; an update in a branch or loop of the step makes the
@@ -177,7 +210,7 @@ class StepFrame:
     def __init__(self, step: tf.Variable, updates: Sequence[OptimizerUpdate]) -> None:
         self.graph = tf.compat.v1.get_default_graph()
         self.step = tf.cast(tf.convert_to_tensor(step), tf.int64)
-        self.counted = [u for u in updates if u.gate_gradients]
+        self.counted = [u for u in updates if u.gate_writes]
         self.counts = [tf.convert_to_tensor(u.optimizer.iterations) for u in self.counted]
         self.done = [0] * len(self.counted)
         self.static = True
@@ -249,7 +282,7 @@ class OptimizerUpdate:
                 "(no loss scaling)."
             )
         self.aggregate = self.replicas > 1 and (clip_norm is not None or clip_value is not None)
-        self.gate_gradients = _gradients_suffice(optimizer)
+        self.gate_writes = _writes_suffice(optimizer, self.variables)
         self.last_grads: Any = None  # trace-time: the newest applied gradient (per replica)
         self.tokens: list[tf.Tensor] = []  # trace-time: one per apply of the current step
         self.checks: list[Any] = []  # trace-time: the Asserts of the current step's applies
@@ -384,12 +417,6 @@ class OptimizerUpdate:
     def _apply_local(self, grads: list[tf.Tensor], keep: tuple, after: Sequence[Any]) -> None:
         # Every op of the update waits for `after` (set here: replica functions may run in
         # threads of their own, which do not see the caller's control dependencies).
-        if after and self.gate_gradients and grads:  # only what uses them waits (module doc)
-            parts = tf.nest.flatten(grads, expand_composites=True)  # IndexedSlices stay sparse
-            with tf.control_dependencies(after):
-                parts = tf.identity_n(parts)
-            grads = tf.nest.pack_sequence_as(grads, parts, expand_composites=True)
-            after = ()
         with tf.control_dependencies(after):
             if self.aggregate:
                 grads = [g / self.replicas for g in grads]
@@ -439,7 +466,11 @@ class OptimizerUpdate:
                 *counts,
             ],
         )
-        strategy.run(self._apply_local, args=(grads, keep, (check,)))
+        if self.gate_writes:  # only the writes wait (module doc), in whichever thread they run
+            with _writes_wait(self.optimizer, (check,)):
+                strategy.run(self._apply_local, args=(grads, keep, ()))
+        else:
+            strategy.run(self._apply_local, args=(grads, keep, (check,)))
         self.checks.append(check)  # the step waits for it (the token does not)
         return finite  # True wherever the call goes on: a failed check stops it
 
