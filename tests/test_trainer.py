@@ -624,3 +624,21 @@ def test_a_float64_gradient_whose_square_overflows_float32_is_still_finite():
     )
     trainer.fit(np.zeros((4, 1), "float32"), batch_size=4, epochs=1, verbose=0)
     np.testing.assert_allclose(w.numpy(), [1.0 - 0.1, -1.0 - 0.1], rtol=1e-6)
+
+
+def test_the_check_leaves_an_optimizer_method_the_user_set_in_place():
+    # The check shadows assign/assign_add/assign_sub on the optimizer while it traces an
+    # update (only the writes wait); a method the user had set on the instance stays theirs.
+    opt = keras.optimizers.Adam(0.05)
+    calls = []
+    original = opt.assign_add
+
+    def counting(variable, value):
+        calls.append(1)
+        return original(variable, value)
+
+    opt.assign_add = counting
+    trainer = tapekit.Trainer(_factory(), mse, optimizer=opt, logdir=False, seed=0)
+    trainer.fit(_data(32), batch_size=16, verbose=0)
+    assert vars(opt)["assign_add"] is counting and calls  # still theirs, and it was used
+    assert "assign" not in vars(opt) and "assign_sub" not in vars(opt)

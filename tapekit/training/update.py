@@ -17,8 +17,8 @@ user-written step alike, goes through :class:`OptimizerUpdate`:
      no ``tf.cond`` around it, which costs 5-10% of a small model's step). A failing Assert
      aborts the compiled call before any of the update, or anything after it in the step
      (its logging included), runs; its message carries the step, the optimizer, which values
-     were not finite and every optimizer's iteration count (:func:`failure_of`), and the host
-     puts those counts back and raises :class:`tapekit.NonFiniteError`. For the built-in
+     were not finite and iteration counts (:func:`failure_of`), and the host puts those
+     counts back and raises :class:`tapekit.NonFiniteError`. For the built-in
      optimizers that write every slot and variable through ``optimizer.assign``,
      ``assign_add`` and ``assign_sub`` (Adam, SGD, RMSprop, Adagrad, Adamax, Lion, without
      weight decay, EMA, accumulation or variables overwritten with their gradient) only
@@ -126,13 +126,17 @@ def _writes_wait(optimizer: Any, checks: Sequence[Any]) -> Iterator[None]:
 
         return write_after_checks
 
+    own = {n: vars(optimizer)[n] for n in names if n in vars(optimizer)}  # set by the user
     for name in names:  # object.__setattr__: not through Keras's attribute tracking
         object.__setattr__(optimizer, name, waiting(getattr(optimizer, name)))
     try:
         yield
     finally:
         for name in names:
-            object.__delattr__(optimizer, name)
+            if name in own:
+                object.__setattr__(optimizer, name, own[name])
+            else:
+                object.__delattr__(optimizer, name)
 
 
 class Failure(NamedTuple):
