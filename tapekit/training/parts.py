@@ -198,7 +198,6 @@ def assemble(
             variables,
             names,
             strategy=strategy,
-            step=state.step,
             clip_norm=clip_norm,
             clip_value=clip_value,
             on_nonfinite=on_nonfinite,

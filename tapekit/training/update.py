@@ -247,7 +247,6 @@ class OptimizerUpdate:
         variables: The trainable variables it updates.
         names: Their readable names, same order.
         strategy: The Trainer's distribution strategy.
-        step: The Trainer's step counter (read only).
         clip_norm: Clip the aggregated gradient to this global norm.
         clip_value: Clip each aggregated gradient element to ``[-clip_value, clip_value]``.
         on_nonfinite: ``"raise"``, ``"skip"`` or ``None`` (no check).
@@ -264,7 +263,6 @@ class OptimizerUpdate:
         names: Sequence[str],
         *,
         strategy: tf.distribute.Strategy,
-        step: tf.Variable,
         clip_norm: float | None,
         clip_value: float | None,
         on_nonfinite: str | None,
@@ -273,7 +271,7 @@ class OptimizerUpdate:
     ) -> None:
         self.name, self.index, self.optimizer = name, index, optimizer
         self.variables, self.names = list(variables), list(names)
-        self.strategy, self.step = strategy, step
+        self.strategy = strategy
         self.clip_norm, self.clip_value = clip_norm, clip_value
         self.on_nonfinite, self.allow_unused, self.source = on_nonfinite, allow_unused, source
         self.replicas = strategy.num_replicas_in_sync
@@ -460,7 +458,7 @@ class OptimizerUpdate:
         # "raise": the update waits for the check; a failure aborts the call (see module doc).
         # The message says which variables the entries of `parts` belong to (see failure_of).
         kept = "-" if self.loss_scaled else ",".join(map(str, keep)) or "-"
-        frame = self.frame or StepFrame(self.step, [self])
+        frame = self.frame  # every checked step sets one (CompiledSteps._one_step)
         counted, counts = frame.at_update(self)
         check = tf.raw_ops.Assert(
             condition=finite,
