@@ -116,8 +116,9 @@ def test_nan_in_the_critic_update_names_critic_variables_and_keeps_good_checkpoi
     trainer = _gan.trainer(nan_at=3, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=2)
     with pytest.raises(
         tapekit.NonFiniteError,
-        match=r"at step 3 in the loss of the 'critic' update and the gradients of "
-        r"critic/hidden/kernel, .*newest checkpoint on disk is .*ckpt-2",
+        match=r"at step 3 in the gradients of critic/hidden/kernel, critic/hidden/bias, "
+        r"critic/out/kernel, critic/out/bias\. That 'critic' update was not applied "
+        r".*newest checkpoint on disk is .*ckpt-2",
     ) as e:
         trainer.fit(_gan.real_data(), epochs=1, batch_size=16, shuffle=False, verbose=0)
     assert e.value.step == 3 and e.value.variables == _critic_names(trainer) == CRITIC
@@ -450,9 +451,53 @@ def test_iteration_counts_after_a_nan_midway_through_a_step(loop):
         optimizers={"critic": keras.optimizers.Adam(0.01), "generator": keras.optimizers.Adam()},
         logdir=False,
     )
-    with pytest.raises(tapekit.NonFiniteError, match=r"at step 2 in the loss of the 'critic'"):
+    with pytest.raises(tapekit.NonFiniteError, match=r"at step 2 in the gradients of critic/"):
         trainer.fit(None, steps_per_epoch=5, verbose=0)
     assert trainer.global_step == 2
     assert int(trainer.optimizers["critic"].iterations.numpy()) == 2 * 3 + 2
     assert int(trainer.optimizers["generator"].iterations.numpy()) == 2
     assert all(np.isfinite(w).all() for w in trainer.get_weights())
+
+
+@pytest.mark.parametrize(
+    "report, hand, raises",
+    [
+        ("loss", "minimize", True),
+        ("derived", "minimize", True),
+        ("other", "minimize", False),
+        ("other", "apply", True),
+    ],
+)
+def test_minimize_checks_a_reported_loss_and_apply_a_given_loss(report, hand, raises):
+    # The loss is NaN at step 2 while its gradients stay finite (a NaN term no variable
+    # reaches). ctx.minimize checks it when the step reports it or a value computed from it,
+    # not when the step reports nothing computed from it (TensorFlow would compute it for the
+    # check alone); ctx.apply checks a loss it is given. The gradients are always checked.
+    w = tf.Variable(1.0)
+
+    def step(ctx, batch):
+        with tf.GradientTape() as tape:
+            fit_term = (ctx.models["model"] - 3.0) ** 2
+            loss = fit_term + tf.where(tf.equal(ctx.step, 2), np.nan, 0.0)
+        if hand == "minimize":
+            ctx.minimize("model", loss, tape)
+        else:
+            ctx.apply("model", ctx.gradients("model", loss, tape), loss)
+        if report == "loss":
+            return {"loss": loss}
+        return {"twice": 2.0 * loss} if report == "derived" else {"fit_term": fit_term}
+
+    trainer = tapekit.Trainer(w, step=step, optimizer=keras.optimizers.SGD(0.1), logdir=False)
+    expected = 1.0
+    if raises:
+        with pytest.raises(tapekit.NonFiniteError, match=r"at step 2 in the loss\. ") as e:
+            trainer.fit(None, steps_per_epoch=4, verbose=0)
+        assert e.value.variables == [] and trainer.global_step == 2
+        steps = 2  # the failed update was not applied
+    else:
+        trainer.fit(None, steps_per_epoch=4, verbose=0)  # its gradients were finite throughout
+        assert trainer.global_step == 4
+        steps = 4
+    for _ in range(steps):
+        expected -= 0.1 * 2.0 * (expected - 3.0)
+    np.testing.assert_allclose(float(w.numpy()), expected, rtol=1e-6)

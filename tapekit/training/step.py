@@ -64,6 +64,20 @@ def _repeat(num_steps: tf.Tensor, body: Callable[[], Any]) -> None:
     )
 
 
+def _reaches(outputs: list[tf.Tensor], losses: list[tf.Tensor]) -> list[bool]:
+    """For each of ``losses``, whether ``outputs`` are computed from it (in the traced graph;
+    a loss inside the step's own control flow counts as not reached: its body is a graph of
+    its own)."""
+    seen: set = set()
+    todo = [t for t in outputs if isinstance(t, tf.Tensor)]
+    while todo:
+        t = todo.pop()
+        if t.ref() not in seen:
+            seen.add(t.ref())
+            todo.extend(t.op.inputs)
+    return [isinstance(loss, tf.Tensor) and loss.ref() in seen for loss in losses]
+
+
 class CompiledSteps:
     """Builds, caches and runs the compiled functions of one Trainer.
 
@@ -102,6 +116,7 @@ class CompiledSteps:
         self.value_names: list[str] | None = None
         self.train_means: RunningMeans | None = None
         self.eval_means: RunningMeans | None = None
+        self.reported: list[bool] | None = None  # per ctx.minimize call: its loss is reported
         self._fns: dict[Any, Any] = {}
 
     # -- the one cache ---------------------------------------------------------------------
@@ -159,7 +174,9 @@ class CompiledSteps:
 
         def probe(batches: Any) -> None:
             ctx = self._context(1.0, tf.constant(1.0))
-            found["names"] = list(self._checked(self.step_fn(ctx, batches)))
+            values = self._checked(self.step_fn(ctx, batches))
+            found["names"] = list(values)
+            found["reported"] = _reaches(list(values.values()), ctx.minimized)
 
         spec = None
         if element_spec is not None:
@@ -173,7 +190,7 @@ class CompiledSteps:
                 u.probing = False
         if self.call is not None:
             self.call.resolve_pending(self.strategy)
-        names = found["names"]
+        names, self.reported = found["names"], found["reported"]
         self.value_names = (["loss"] if "loss" in names else []) + [n for n in names if n != "loss"]
         eval_names = self.value_names if self.call is not None else []
         with self.strategy.scope():
@@ -208,6 +225,7 @@ class CompiledSteps:
             share=share,
             examples=examples,
             replicas=self.replicas,
+            reported=self.reported,
         )
 
     # -- one step ----------------------------------------------------------------------------

@@ -46,6 +46,10 @@ user-written step alike, goes through :class:`OptimizerUpdate`:
 the checks) before it advances the counters, and keeps the last gradient per optimizer for the
 logging hook.
 
+Which loss is checked: ``ctx.apply``'s when given; ``ctx.minimize``'s when the step reports it
+or a value computed from it (``StepContext.minimize``: an unreported loss is not computed just
+for the check); the default ``loss_fn`` step's always (it reports it).
+
 The finiteness test is one ``is_finite`` of one sum: of the global norm's own squares
 (``tf.nn.l2_loss`` per gradient, as ``tf.linalg.global_norm`` computes them, so checking costs
 no extra pass over the gradients) and of ``0 * loss`` (NaN exactly when the loss is not
