@@ -185,7 +185,7 @@ def training_overheads(ds: tf.data.Dataset, rounds: int, epochs: int) -> None:
     logdir = tempfile.mkdtemp(prefix="tapekit-bench-curv-")
     monitor = tapekit.CurvatureMonitor(batch, every=100, k=1)
     configs = {
-        "Trainer (default, up to 64 steps/call)": lambda: _trainer(ds),
+        "Trainer (default steps per call)": lambda: _trainer(ds),
         "Trainer steps_per_execution=1": lambda: _trainer(ds, steps_per_execution=1),
         "Trainer + CurvatureMonitor(every=100, k=1)": lambda: _trainer(ds, [monitor]),
         "Trainer + only the monitor's call ends": lambda: _trainer(ds, [_EndsCalls()]),
@@ -199,7 +199,7 @@ def training_overheads(ds: tf.data.Dataset, rounds: int, epochs: int) -> None:
     with _Counted() as counted:
         times = _alternate({n: (lambda r=r: r(epochs)) for n, r in runners.items()}, rounds)
     measured = len(monitor.history["curvature/top_eigenvalue"]) - measured
-    base = times["Trainer (default, up to 64 steps/call)"]
+    base = times["Trainer (default steps per call)"]
     steps = epochs * STEPS
     print(
         f"\n3./4. Trainer.fit of {epochs} epochs ({steps} steps, batch {BATCH}), {rounds} "
@@ -209,7 +209,7 @@ def training_overheads(ds: tf.data.Dataset, rounds: int, epochs: int) -> None:
     for name, t in times.items():
         print(_line(name, t, base, 1e3 / steps, "x default"))
     med = {n: statistics.median(t) for n, t in times.items()}
-    b = med["Trainer (default, up to 64 steps/call)"]
+    b = med["Trainer (default steps per call)"]
     overhead = med["Trainer + CurvatureMonitor(every=100, k=1)"] / b - 1
     one_step = med["Trainer steps_per_execution=1"] / b - 1
     ends = med["Trainer + only the monitor's call ends"] / b - 1

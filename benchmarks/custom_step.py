@@ -13,8 +13,8 @@ over the instances, with the minima (the least disturbed runs) beside:
   each update waiting for a finiteness check, as the Trainer's default ``on_nonfinite="raise"``
   does (what the check itself costs, apart from the rest of the Trainer);
 * ``Trainer.fit(None, steps_per_epoch=...)`` with the same step, logging off (the default
-  ``steps_per_execution``: up to 64 steps per call), with logging on, and with the check off
-  (``on_nonfinite=None``, what the hand loops do).
+  ``steps_per_execution``: about half a second of steps per call), with logging on, and with
+  the check off (``on_nonfinite=None``, what the hand loops do).
 
 The last line compares ``Trainer.fit`` (logging off, the default check on) with the FASTER of
 the two hand loops (the ``tf.range`` loop): the median over rounds of the two times' ratio

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         "keras fit (default jit 'auto')": lambda: keras_fit(ds, "auto"),
         "hand-written tf.function loop": lambda: hand_loop(ds),
         "Trainer.fit steps_per_execution=1": lambda: trainer_fit(ds, steps_per_execution=1),
-        "Trainer.fit (default: up to 64/call)": lambda: trainer_fit(ds),
+        "Trainer.fit (default steps per call)": lambda: trainer_fit(ds),
         "Trainer.fit steps_per_execution=16": lambda: trainer_fit(ds, steps_per_execution=16),
         "Trainer.fit jit_compile=True": lambda: trainer_fit(ds, jit_compile=True),
         "Trainer.fit logging on (defaults)": lambda: trainer_fit(ds, logdir=logdir),
@@ -178,10 +178,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     on, off = (
         best["Trainer.fit logging on (defaults)"],
-        best["Trainer.fit (default: up to 64/call)"],
+        best["Trainer.fit (default steps per call)"],
     )
     print(f"logging overhead (on/off): {on / off - 1:+.1%}")
-    ours = "Trainer.fit (default: up to 64/call)"
+    ours = "Trainer.fit (default steps per call)"
     print(f"Trainer / keras fit (minima): {low[ours] / base_low:.2f}")
     print(f"Trainer / keras fit: {best[ours] / base:.2f}")
     bar, bar1 = best["Trainer.fit verbose=1 bar on a tty"], best["Trainer.fit spe=1 verbose=1 bar"]

@@ -34,12 +34,43 @@ import numpy as np
 import tensorflow as tf
 
 from . import data as _data
+from .distribution import is_multi_worker
 from .state import TrainState
 
-__all__ = ["AUTO_STEPS", "FitLoop"]
+__all__ = ["AUTO_MAX_STEPS", "AUTO_SECONDS", "AUTO_STEPS", "FitLoop", "auto_steps"]
 
 AUTO_STEPS = 64
-"""Steps per compiled call when ``steps_per_execution=None`` (the host only counts them)."""
+"""Steps of the first automatic call (it may include tracing, so it measures nothing), and of
+every call in a multi-worker cluster: there the workers must make the same calls, and their
+clocks differ."""
+
+AUTO_SECONDS = 0.5
+"""With ``steps_per_execution=None``, a compiled call runs about this long (or one step, if a
+step takes longer): long enough that the host's share is well under 1% (it does one function
+call and integer bookkeeping per call), short enough that the console, step callbacks and a
+SIGTERM are served within about a second."""
+
+AUTO_MAX_STEPS = 1024
+"""At most this many steps per automatic call (a call of tiny steps is already far from the
+host's overhead)."""
+
+
+def auto_steps(steps: int, seconds: float) -> int:
+    """Steps for the next automatic call after a call of ``steps`` steps took ``seconds``:
+    the power of two nearest below what takes :data:`AUTO_SECONDS`, from 1 to
+    :data:`AUTO_MAX_STEPS` (powers of two: a rate that wobbles does not change it every call).
+
+    Example:
+        >>> auto_steps(64, 0.17)   # 2.7 ms per step: 185 fit in half a second
+        128
+        >>> auto_steps(1, 2.0), auto_steps(1000, 0.01)
+        (1, 1024)
+    """
+    per_step = max(seconds, 1e-9) / max(steps, 1)
+    fits = AUTO_SECONDS / per_step
+    if fits < 2:
+        return 1
+    return min(AUTO_MAX_STEPS, 1 << (int(fits).bit_length() - 1))
 
 
 def _learning_rates(optimizers: dict[str, Any]) -> dict[str, float]:
@@ -74,6 +105,8 @@ class FitLoop:
         self.steps, self.state, self.strategy = steps, state, strategy
         self.accumulate, self.steps_per_execution = accumulate, steps_per_execution
         self.remaining_steps: int | None = None
+        self._auto = AUTO_STEPS  # steps of the next automatic call (auto_steps), kept between fits
+        self._adapt = not is_multi_worker(strategy)
         self._consts: dict[int, tf.Tensor] = {}
         # (dataset, meta, position, iterator) of the last fit that ended cleanly: a fit on the
         # same tf.data.Dataset object continues that iterator instead of skipping `position`
@@ -217,7 +250,7 @@ class FitLoop:
         optimizers = {name: u.optimizer for name, u in steps.updates.items()}
         call = steps.call
         iterator = self._stream(ds, meta)
-        per_call = self.steps_per_execution or (1 if callbacks.every_step else AUTO_STEPS)
+        fixed = self.steps_per_execution or (1 if callbacks.every_step else None)
         train_fn = steps.train_function()
         step = int(state.step.numpy())
         first_epoch, in_epoch = int(state.epoch.numpy()), int(state.epoch_step.numpy())
@@ -247,13 +280,16 @@ class FitLoop:
                         call.reset_metrics()
                 start, done, first, stopped = time.perf_counter(), 0, None, False
                 while in_epoch < per_epoch:
-                    n = min(per_call, per_epoch - in_epoch)
+                    n = min(fixed or self._auto, per_epoch - in_epoch)
                     if every:
                         n = min(n, every - step % every)
                     due = callbacks.next_step_end(step)  # a step callback's next step
                     if due is not None:
                         n = min(n, due - step)
+                    called = time.perf_counter()
                     guard(train_fn, iterator, self._constant(n))
+                    if fixed is None and self._adapt and (n == self._auto or n >= 8):
+                        self._auto = auto_steps(n, time.perf_counter() - called)  # a fair sample
                     if hook is not None and not hook.graph_written:
                         concrete = train_fn.get_concrete_function(iterator, self._constant(n))
                         hook.write_graph(concrete)
