@@ -4,6 +4,7 @@ non-finite handling, reproducibility, callbacks and console output (real TF thro
 from __future__ import annotations
 
 import re
+import time
 
 import keras
 import numpy as np
@@ -166,6 +167,45 @@ def test_steps_per_execution_gives_the_same_training():
     assert a.global_step == b.global_step == 10
     _close(a.get_weights(), b.get_weights(), 1e-6)
     assert b._steps.trace_counts()["train"] == 1
+
+
+@pytest.mark.parametrize("seconds, later", [(0.0, None), (0.018, 16)])
+def test_automatic_steps_per_call_follow_the_time_a_step_takes(seconds, later):
+    # 64 steps in the first call (it may trace), then about half a second of steps per call:
+    # a fast step gets more (up to 1024), an 18 ms step 16 (27 fit, the power of two below).
+    class Calls(tapekit.Callback):  # sees every call's end: it asks for no step
+        def __init__(self):
+            self.ends = []
+
+        def on_step_end(self, step, logs=None):
+            self.ends.append(step)
+
+        def next_step_end(self, step):
+            return None
+
+    w = tf.Variable(1.0)
+
+    def step(ctx, batch):
+        if seconds:
+            tf.py_function(lambda: time.sleep(seconds), [], [])
+        with tf.GradientTape() as tape:
+            loss = (ctx.models["model"] - 3.0) ** 2
+        ctx.minimize("model", loss, tape)
+        return {"loss": loss}
+
+    calls = Calls()
+    trainer = tapekit.Trainer(
+        w, step=step, optimizer=keras.optimizers.SGD(0.01), logdir=False, callbacks=[calls]
+    )
+    trainer.fit(None, steps_per_epoch=64 + 48, verbose=0)
+    sizes = np.diff([0, *calls.ends]).tolist()
+    assert sizes[0] == 64 and sum(sizes) == 112
+    if later is None:
+        assert sizes == [64, 48]  # more than the 48 left: the epoch's end stops the call
+        trainer.fit(None, steps_per_epoch=64 + 48, epochs=2, verbose=0)
+        assert np.diff(calls.ends).tolist()[-1] == 112  # the size is kept: one call
+    else:
+        assert sizes == [64, later, later, later]
 
 
 def test_jit_compile_matches():
