@@ -11,7 +11,9 @@ over the instances, with the minima (the least disturbed runs) beside:
 * hand-written, one ``tf.function`` call per step (the usual custom loop);
 * hand-written, ``--steps`` steps inside one ``tf.function`` (a ``tf.range`` loop), also with
   each update waiting for a finiteness check, as the Trainer's default ``on_nonfinite="raise"``
-  does (what the check itself costs, apart from the rest of the Trainer);
+  does (what the check itself costs, apart from the rest of the Trainer), and also averaging
+  the four values the step returns, as the Trainer does for its console line and ``History``
+  (what the rest of the Trainer costs, apart from what the step asks it to report);
 * ``Trainer.fit(None, steps_per_epoch=...)`` with the same step, logging off (the default
   ``steps_per_execution``: about half a second of steps per call), with logging on, and with
   the check off (``on_nonfinite=None``, what the hand loops do).
@@ -22,7 +24,7 @@ within each round (measured seconds apart, so a machine that slows down for a wh
 VMs do, slows both). Target (issue 11): <= 1.05. The medians of the times themselves are
 printed too, and the ratio per instance (its spread shows the instances' luck).
 
-    python benchmarks/custom_step.py             # about four minutes
+    python benchmarks/custom_step.py             # about five minutes
     python benchmarks/custom_step.py --rounds 5 --instances 1  # quicker, noisier
 """
 
@@ -82,13 +84,19 @@ def _checked_apply(opt: keras.optimizers.Optimizer, loss: tf.Tensor, grads: list
         opt.apply(grads, variables)
 
 
-def hand_step(checked: bool = False) -> tuple[Callable[[], None], Callable[[tf.Tensor], None]]:
+def hand_step(
+    checked: bool = False, report: bool = False
+) -> tuple[Callable[[], None], Callable[[tf.Tensor], None]]:
     """The step written by hand: ``(one_step, many_steps)``, both compiled; with ``checked``
-    each update waits for a finiteness check (what the Trainer adds by default)."""
+    each update waits for a finiteness check (what the Trainer adds by default); with
+    ``report`` the loop also averages the four values recipe 08's step returns, as the
+    Trainer does for its console line and ``History`` (in variables, as ``keras.metrics.Mean``
+    would)."""
     generator, critic = _models()
     g_opt, c_opt = _adam(), _adam()
     rng = tf.random.Generator.from_seed(0)
     input_gradient = tapekit.grad(lambda x: tf.reduce_sum(critic(x)))
+    sums = [tf.Variable(0.0) for _ in range(5)]  # four values and the count (with report)
 
     def apply(opt, loss, grads, variables) -> None:
         if checked:
@@ -97,6 +105,7 @@ def hand_step(checked: bool = False) -> tuple[Callable[[], None], Callable[[tf.T
             opt.apply(grads, variables)
 
     def step() -> None:
+        wasserstein = norms = penalty = None
         for _ in range(CRITIC_STEPS):
             real = R08.real_samples(BATCH, rng)
             fake = generator(rng.normal((BATCH, 2)))
@@ -105,13 +114,19 @@ def hand_step(checked: bool = False) -> tuple[Callable[[], None], Callable[[tf.T
             with tf.GradientTape() as tape:
                 wasserstein = tf.reduce_mean(critic(real)) - tf.reduce_mean(critic(fake))
                 norms = tf.norm(input_gradient(x_hat), axis=1)
-                loss = -wasserstein + PENALTY * tf.reduce_mean((norms - 1.0) ** 2)
+                penalty = tf.reduce_mean((norms - 1.0) ** 2)
+                loss = -wasserstein + PENALTY * penalty
             grads = tape.gradient(loss, critic.trainable_variables)
             apply(c_opt, loss, grads, critic.trainable_variables)
         with tf.GradientTape() as tape:
             g_loss = -tf.reduce_mean(critic(generator(rng.normal((BATCH, 2)))))
         grads = tape.gradient(g_loss, generator.trainable_variables)
         apply(g_opt, g_loss, grads, generator.trainable_variables)
+        if report:
+            for total, value in zip(
+                sums, (wasserstein, penalty, tf.reduce_mean(norms), g_loss, tf.constant(1.0))
+            ):
+                total.assign_add(value)
 
     one = tf.function(step)
 
@@ -156,14 +171,15 @@ def main(argv: list[str] | None = None) -> None:
 
         return run
 
-    def in_one_call(checked: bool) -> Callable[[], None]:
-        many = hand_step(checked=checked)[1]
+    def in_one_call(checked: bool, report: bool = False) -> Callable[[], None]:
+        many = hand_step(checked=checked, report=report)[1]
         return lambda: many(n)
 
     builders: dict[str, Callable[[], Callable[[], None]]] = {
         "hand-written, tf.function per step": one_per_step,
         "hand-written, tf.range loop in one call": lambda: in_one_call(False),
         "  the same, each update checked for NaN": lambda: in_one_call(True),
+        "  the same, averaging the step's 4 values": lambda: in_one_call(False, report=True),
         "Trainer.fit, custom step, logging off": lambda: fit(trainer_fit()),
         "Trainer.fit, custom step, logging on": lambda: fit(
             trainer_fit(logdir=tempfile.mkdtemp(prefix="tapekit-bench-"))
@@ -202,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:42s} {m:9.3f} {m / hand:8.2f} {lo:8.3f} {lo / hand_low:8.2f}")
     ours = "Trainer.fit, custom step, logging off"
     checked = "  the same, each update checked for NaN"
+    averaging = "  the same, averaging the step's 4 values"
     free, base = "Trainer.fit, logging off, on_nonfinite=None", hands[1]
 
     def paired(a: str, b: str) -> float:  # the median of the rounds' ratios
@@ -223,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"custom step without the check (on_nonfinite=None) / hand-written: "
         f"{paired(free, base):.2f} (per round); the check itself: {paired(ours, free):.2f}"
+    )
+    print(
+        f"custom step without the check / hand-written averaging the same values: "
+        f"{paired(free, averaging):.2f} (per round)"
     )
     print(f"custom step / hand-written: {paired(ours, base):.2f}")
 
