@@ -153,8 +153,8 @@ class StepContext:
         With ``on_nonfinite`` set, the gradients are always checked before the update writes
         anything, and ``loss`` too when the step reports it or a value computed from it (it
         is computed anyway then). A loss the step does not report is not computed just for
-        the check: TensorFlow skips the ops its gradients do not need (recipe 08's four
-        unreported critic losses cost 4% of its step when checked), and a non-finite loss
+        the check: TensorFlow skips the ops its gradients do not need (for recipe 08's four
+        unreported critic losses, a dozen small ops each per step), and a non-finite loss
         whose gradients are finite moves no weight wrongly (Optax's ``apply_if_finite`` and
         Keras's ``LossScaleOptimizer`` check only gradients too). To check such a loss, report
         it or call ``apply(name, gradients(name, loss, tape), loss)``. The Trainer learns
