@@ -171,8 +171,9 @@ def test_steps_per_execution_gives_the_same_training():
 
 @pytest.mark.parametrize("seconds, later", [(0.0, None), (0.018, 16)])
 def test_automatic_steps_per_call_follow_the_time_a_step_takes(seconds, later):
-    # 64 steps in the first call (it may trace), then about half a second of steps per call:
-    # a fast step gets more (up to 1024), an 18 ms step 16 (27 fit, the power of two below).
+    # 64 steps per call until a call ran without tracing (the first traces), then about half
+    # a second of steps per call: a fast step gets more (up to 1024), an 18 ms step 16 (27
+    # fit, the power of two below).
     class Calls(tapekit.Callback):  # sees every call's end: it asks for no step
         def __init__(self):
             self.ends = []
@@ -197,15 +198,14 @@ def test_automatic_steps_per_call_follow_the_time_a_step_takes(seconds, later):
     trainer = tapekit.Trainer(
         w, step=step, optimizer=keras.optimizers.SGD(0.01), logdir=False, callbacks=[calls]
     )
-    trainer.fit(None, steps_per_epoch=64 + 48, verbose=0)
+    trainer.fit(None, steps_per_epoch=64 + 64 + 32, verbose=0)
     sizes = np.diff([0, *calls.ends]).tolist()
-    assert sizes[0] == 64 and sum(sizes) == 112
     if later is None:
-        assert sizes == [64, 48]  # more than the 48 left: the epoch's end stops the call
-        trainer.fit(None, steps_per_epoch=64 + 48, epochs=2, verbose=0)
-        assert np.diff(calls.ends).tolist()[-1] == 112  # the size is kept: one call
+        assert sizes == [64, 64, 32]  # more than the 32 left: the epoch's end stops the call
+        trainer.fit(None, steps_per_epoch=64 + 64 + 32, epochs=2, verbose=0)
+        assert np.diff(calls.ends).tolist()[-1] == 160  # the size is kept: one call
     else:
-        assert sizes == [64, later, later, later]
+        assert sizes == [64, 64, later, later]
 
 
 def test_jit_compile_matches():

@@ -40,9 +40,9 @@ from .state import TrainState
 __all__ = ["AUTO_MAX_STEPS", "AUTO_SECONDS", "AUTO_STEPS", "FitLoop", "auto_steps"]
 
 AUTO_STEPS = 64
-"""Steps of the first automatic call (it may include tracing, so it measures nothing), and of
-every call in a multi-worker cluster: there the workers must make the same calls, and their
-clocks differ."""
+"""Steps of the automatic calls until one ran without tracing (a call that traced measures
+nothing), and of every call in a multi-worker cluster: there the workers must make the same
+calls, and their clocks differ."""
 
 AUTO_SECONDS = 0.5
 """With ``steps_per_execution=None``, a compiled call runs about this long (or one step, if a
@@ -286,10 +286,16 @@ class FitLoop:
                     due = callbacks.next_step_end(step)  # a step callback's next step
                     if due is not None:
                         n = min(n, due - step)
-                    called = time.perf_counter()
+                    traces, called = train_fn.experimental_get_tracing_count(), time.perf_counter()
                     guard(train_fn, iterator, self._constant(n))
-                    if fixed is None and self._adapt and (n == self._auto or n >= 8):
-                        self._auto = auto_steps(n, time.perf_counter() - called)  # a fair sample
+                    took = time.perf_counter() - called
+                    if (  # a fair sample of the rate: no tracing in it, not a short remainder
+                        fixed is None
+                        and self._adapt
+                        and train_fn.experimental_get_tracing_count() == traces
+                        and (n == self._auto or n >= 8)
+                    ):
+                        self._auto = auto_steps(n, took)
                     if hook is not None and not hook.graph_written:
                         concrete = train_fn.get_concrete_function(iterator, self._constant(n))
                         hook.write_graph(concrete)
