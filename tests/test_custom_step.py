@@ -268,6 +268,37 @@ def test_fit_without_data_runs_a_step_that_samples_its_own_points():
         trainer.fit(None, epochs=3, verbose=0)
 
 
+def test_epoch_values_are_the_means_over_the_epoch_whatever_calls_ran_it():
+    """The epoch's values are read back with the epoch's last call (no device read after
+    it): the means over every step of the epoch, calls of 3, 3 and 1 steps alike. An epoch
+    that has nothing left to run (it stopped at step 6 of 10, and the next fit has 5 steps
+    per epoch) reports the means of the steps it had."""
+
+    def count_steps(ctx, batch):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(ctx.model(ctx.rng.normal([4, 3])) ** 2)
+        ctx.minimize("model", loss, tape)
+        return {"loss": loss, "step": tf.cast(ctx.step, tf.float32)}
+
+    class StopAtFour(tapekit.Callback):
+        def on_step_end(self, step, logs=None):
+            self.trainer.stop_training = step >= 4
+
+    kw = dict(step=count_steps, optimizer="sgd", logdir=False, seed=0, steps_per_execution=3)
+    trainer = tapekit.Trainer(_mlp, **kw)
+    history = trainer.fit(None, steps_per_epoch=7, epochs=2, verbose=0)
+    assert history["step"] == [3.0, 10.0]  # the means of steps 0..6 and 7..13
+    assert all(np.isfinite(history["loss"]))
+
+    stopped = tapekit.Trainer(_mlp, callbacks=[StopAtFour()], **kw)
+    stopped.fit(None, steps_per_epoch=10, verbose=0)
+    assert (stopped.global_step, stopped.epoch, stopped.epoch_step) == (6, 0, 6)
+    stopped.callbacks.clear()
+    history = stopped.fit(None, steps_per_epoch=5, verbose=0)
+    assert history["step"] == [2.5] and stopped.global_step == 6  # steps 0..5, none run now
+    assert stopped.epoch_means()["step"] == 2.5
+
+
 def _mlp() -> keras.Model:
     keras.utils.set_random_seed(0)
     return keras.Sequential(

@@ -3,8 +3,9 @@
 :class:`FitLoop` owns the loop and its state between ``fit`` calls; it talks to the compiled
 steps (``train_function``), the checkpoints (``save``), the logging hook (``epoch_end``) and the
 callbacks through those small interfaces only. Per compiled execution the host does one
-function call and integer bookkeeping; it reads the device only at epoch ends (the epoch
-averages), at checkpoints, and when an error is raised.
+function call and integer bookkeeping; the call returns the epoch's running sums with it, so
+the host reads the device only at the start of a ``fit``, at checkpoints, and when an error
+is raised.
 
 Data position. The training stream is the data repeated (arrays: each pass in a seeded
 order of its own); ``TrainState.position`` counts the batches consumed from it and
@@ -28,6 +29,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -248,7 +250,7 @@ class FitLoop:
         ds, per_epoch, meta = plan
         state, steps = self.state, self.steps
         optimizers = {name: u.optimizer for name, u in steps.updates.items()}
-        call = steps.call
+        call, means = steps.call, steps.train_means
         iterator = self._stream(ds, meta)
         fixed = self.steps_per_execution or (1 if callbacks.every_step else None)
         train_fn = steps.train_function()
@@ -275,10 +277,11 @@ class FitLoop:
             for epoch in range(first_epoch, epochs):
                 callbacks.on_epoch_begin(epoch)
                 if in_epoch == 0:
-                    steps.train_means.reset()
+                    means.reset()
                     if call is not None:
                         call.reset_metrics()
                 start, done, first, stopped = time.perf_counter(), 0, None, False
+                after = None  # what the epoch's last call returned: (means, skipped)
                 while in_epoch < per_epoch:
                     n = min(fixed or self._auto, per_epoch - in_epoch)
                     if every:
@@ -287,7 +290,7 @@ class FitLoop:
                     if due is not None:
                         n = min(n, due - step)
                     traces, called = train_fn.experimental_get_tracing_count(), time.perf_counter()
-                    guard(train_fn, iterator, self._constant(n))
+                    after = guard(train_fn, iterator, self._constant(n))
                     took = time.perf_counter() - called
                     if (  # a fair sample of the rate: no tracing in it, not a short remainder
                         fixed is None
@@ -308,7 +311,8 @@ class FitLoop:
                         last_saved = step
                     callbacks.on_step_end(step, {"step": step})
                     if printer is not None:  # redraws (and reads the loss) a few times a second
-                        printer.update(in_epoch, lambda: steps.train_means.result().get("loss"))
+                        loss = partial(means.means_of, after[0])  # read by the call
+                        printer.update(in_epoch, lambda read=loss: read().get("loss"))
                     if interrupt is not None:
                         interrupt(save_now)
                     if should_stop():
@@ -321,13 +325,16 @@ class FitLoop:
                         save(in_epoch)
                     break
                 loop_end = time.perf_counter()
-                logs = steps.train_means.result()
+                if after is None:  # no call in this epoch (it was complete already)
+                    logs, skipped = means.result(), int(state.skipped.numpy())
+                else:  # read by the call: no device read (see CompiledSteps.train_function)
+                    logs, skipped = means.means_of(after[0]), int(after[1])
                 logs.update(call.metric_results() if call is not None else {})
                 val_logs = validation() if validation is not None else None
                 if val_logs is not None:
                     logs.update({f"val_{key}": v for key, v in val_logs.items()})
-                if int(state.skipped.numpy()):
-                    logs["skipped_steps"] = float(state.skipped.numpy())
+                if skipped:
+                    logs["skipped_steps"] = float(skipped)
                 rate = done / max(loop_end - start, 1e-9)
                 if first is not None and done > first[0] and epoch == first_epoch:
                     rate = (done - first[0]) / max(loop_end - first[1], 1e-9)
@@ -361,7 +368,7 @@ class FitLoop:
                 hook.flush()
             callbacks.on_train_end()
             if iterator is not None and self._arrays is None:  # a user's Dataset
-                self._kept = (ds, meta, int(state.position.numpy()), iterator)
+                self._kept = (ds, meta, base + k * (step - start_step), iterator)
         except BaseException:
             done = int(state.step.numpy()) - step  # steps the failing call completed
             state.epoch_step.assign(in_epoch + done)

@@ -8,6 +8,7 @@ continues its counters, its epoch averages and its random stream exactly.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -27,6 +28,8 @@ class RunningMeans(tf.Module):
         >>> means.add({"loss": tf.constant(8.0)}, tf.constant(4.0))
         >>> means.add({"loss": tf.constant(10.0)}, tf.constant(2.0))
         >>> {k: round(v, 3) for k, v in means.result().items()}
+        {'loss': 3.0}
+        >>> means.means_of([6.0, 18.0])  # what packed() holds: the count, then the sums
         {'loss': 3.0}
     """
 
@@ -51,11 +54,23 @@ class RunningMeans(tf.Module):
         self.count.assign(0.0)
 
     def result(self) -> dict[str, float]:
-        """The means as Python floats (NaN before anything was added). Reads the device once."""
-        count = float(self.count.numpy())
+        """The means as Python floats (NaN before anything was added): reads the device."""
+        return self.means_of([float(self.count.numpy())] + [float(v.numpy()) for v in self._vars()])
+
+    def packed(self) -> tf.Tensor:
+        """The count and the sums as one float32 vector (in a compiled function: what
+        :meth:`means_of` turns into the means on the host without reading the device)."""
+        return tf.stack([tf.convert_to_tensor(v) for v in [self.count, *self._vars()]])
+
+    def means_of(self, packed: Any) -> dict[str, float]:
+        """The means from the count and sums :meth:`packed` returned (a vector or list)."""
+        count, *sums = np.asarray(packed, np.float64).tolist()  # (one copy, not an op each)
         if count == 0:
             return {k: float("nan") for k in self.names}
-        return {k: float(v.numpy()) / count for k, v in self.sums.items()}
+        return {k: s / count for k, s in zip(self.names, sums)}
+
+    def _vars(self) -> list[tf.Variable]:
+        return [self.sums[k] for k in self.names]
 
 
 class TrainState(tf.Module):

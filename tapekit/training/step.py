@@ -132,6 +132,10 @@ class CompiledSteps:
 
         One function (one graph) for every ``num_steps``, so results do not depend on how
         the steps are grouped into calls (``steps_per_execution``, checkpoints, callbacks).
+        It returns what the host reads after a call, read at its end: ``(means, skipped)``,
+        ``train_means.packed()`` and the skipped steps' count (reading them from the host
+        afterwards would cost an eager op each, a millisecond for the first on a busy
+        machine, per call).
         """
         return self._function(("train",), lambda: _compiled(self._train_loop))
 
@@ -283,9 +287,10 @@ class CompiledSteps:
     def _pull(self, iterator: Any) -> list[Any] | None:
         return None if iterator is None else [next(iterator) for _ in range(self.accumulate)]
 
-    def _train_loop(self, iterator: Any, num_steps: tf.Tensor) -> None:
+    def _train_loop(self, iterator: Any, num_steps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with self.strategy.scope():  # cross-replica context: Keras must not all-reduce again
             _repeat(num_steps, lambda: self._one_step(self._pull(iterator)))
+            return self.train_means.packed(), tf.convert_to_tensor(self.state.skipped)
 
     def _train_batch(self, batch: Any) -> dict[str, tf.Tensor]:
         with self.strategy.scope():
