@@ -29,7 +29,6 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -311,8 +310,8 @@ class FitLoop:
                         last_saved = step
                     callbacks.on_step_end(step, {"step": step})
                     if printer is not None:  # redraws (and reads the loss) a few times a second
-                        loss = partial(means.means_of, after[0])  # read by the call
-                        printer.update(in_epoch, lambda read=loss: read().get("loss"))
+                        sums = after[0]  # returned by the call: no device read
+                        printer.update(in_epoch, lambda s=sums: means.means_of(s).get("loss"))
                     if interrupt is not None:
                         interrupt(save_now)
                     if should_stop():

@@ -55,12 +55,12 @@ class RunningMeans(tf.Module):
 
     def result(self) -> dict[str, float]:
         """The means as Python floats (NaN before anything was added): reads the device."""
-        return self.means_of([float(self.count.numpy())] + [float(v.numpy()) for v in self._vars()])
+        return self.means_of(self.packed())
 
     def packed(self) -> tf.Tensor:
         """The count and the sums as one float32 vector (in a compiled function: what
         :meth:`means_of` turns into the means on the host without reading the device)."""
-        return tf.stack([tf.convert_to_tensor(v) for v in [self.count, *self._vars()]])
+        return tf.stack([tf.convert_to_tensor(v) for v in [self.count, *self.sums.values()]])
 
     def means_of(self, packed: Any) -> dict[str, float]:
         """The means from the count and sums :meth:`packed` returned (a vector or list)."""
@@ -68,9 +68,6 @@ class RunningMeans(tf.Module):
         if count == 0:
             return {k: float("nan") for k in self.names}
         return {k: s / count for k, s in zip(self.names, sums)}
-
-    def _vars(self) -> list[tf.Variable]:
-        return [self.sums[k] for k in self.names]
 
 
 class TrainState(tf.Module):
